@@ -1,0 +1,287 @@
+"""A run's recipe: dataclasses whose fields are exactly the YAML keys.
+
+A recipe is parsed with TRL's `TrlParser` over these dataclasses plus TRL's `ModelConfig` (the policy
+and its LoRA/QLoRA settings) and `DPOConfig` (training; it also owns `output_dir`, `seed` and
+`run_name`). Unknown keys fail with the key's name; every key is also a command-line flag that
+overrides the YAML (`rlrf-hub run --config R --output_dir DIR --seed 3`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import EMBEDDED_MODEL
+from .schemas import TASKS
+
+PAIRINGS = ("rlrf", "reward_only", "rs")
+REFERENCE_MODELS = ("m0", "previous")
+ASPECT_MODES = ("paper", "all")
+FEEDBACK_BACKENDS = ("in_process",)
+
+
+class RecipeError(ValueError):
+    """A recipe value is wrong; the message names the field."""
+
+
+@dataclass
+class PromptSource:
+    """One source of RL prompts.
+
+    Parameters:
+        path: a `.jsonl`/`.json` file, a folder of them, or a Hub dataset id.
+        task: `general`, `math` or `bio`; decides which aspects are rated and with what reference.
+        prompt_field: column holding the prompt text.
+        reference_field: column holding the reference (math solution); `None` for none.
+        reference_file: for bio prompts, a JSON file `{title: text | {"extract": text}}` looked up by `entity_field`.
+        entity_field: column naming the entity whose reference text is looked up in `reference_file`.
+        prompt_template: build the prompt from row fields instead, e.g. `"Tell me a bio of {topic}."`.
+        require_reference: keep only rows that have a reference.
+        max_reference_chars: references are cut to this many characters (context budget).
+        name / split: dataset config and split when `path` is a Hub dataset id.
+        limit / offset: take rows `offset .. offset + limit` of the source (after `require_reference`).
+    """
+
+    path: str
+    task: str
+    prompt_field: str = "prompt"
+    reference_field: str | None = None
+    reference_file: str | None = None
+    entity_field: str | None = None
+    prompt_template: str | None = None
+    require_reference: bool = False
+    max_reference_chars: int = 3000
+    name: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    offset: int = 0
+
+
+@dataclass
+class RLRFArguments:
+    """Everything of RLRF that is not the policy model or the DPO trainer.
+
+    Parameters that control the prompts:
+        prompt_sources: list of `PromptSource` mappings (see that class).
+        max_prompt_tokens: prompts longer than this (chat template applied) are an error.
+
+    Parameters that control sampling (paper: n = 10 candidates, m = 20 refinements):
+        num_candidates: n, responses sampled per prompt from the current policy.
+        num_refinements: m, refinements sampled from the reflection prompt of the selected candidate.
+        temperature / top_p / max_new_tokens: sampling settings for candidates and refinements.
+        generation_batch_size: sequences generated together in-process.
+
+    Parameters that control feedback:
+        feedback_model: model id or path of the judge (frozen); the embedded default if unset.
+        feedback_revision: its revision.
+        feedback_backend: `in_process` (endpoint backends come with the serving issue).
+        aspect_mode: `paper` (general: the judge picks `num_general_aspects`; math: Logical
+            Correctness; bio: Factuality) or `all` (every prompt rated on all eight).
+        num_general_aspects: how many aspects the judge picks for a general prompt (paper: 3).
+        verifier_tasks: tasks whose feedback comes from a rule-based verifier instead of the judge
+            (`math`: the final number is compared with the reference).
+        constrained_decoding: constrain the judge to the feedback JSON schema (llguidance).
+        feedback_max_new_tokens / feedback_temperature: judge sampling.
+        feedback_batch_size: judge requests generated together.
+        max_parse_retries: extra judge samples for a reply that does not parse.
+
+    Parameters that control the reward model:
+        reward_model: a sequence-classification model id or path; without one, responses are ranked
+            by their mean rating (ties: more aspects at 1, then fewer at -1, then sample order).
+        reward_revision / reward_batch_size.
+
+    Parameters that control selection and pairing:
+        pairing: `rlrf` (positives = rated 1 on every aspect, top-k by reward, each with a random
+            negative), `reward_only` (highest-reward candidate vs a random candidate, no feedback),
+            or `rs` (positives only, trained by SFT). A comma list gives one rule per iteration.
+        top_k: positives kept per prompt.
+        pairing_seed: seeds the random choice of negatives.
+
+    Parameters that control the loop:
+        num_iterations: M0 -> M1 -> ... ; 2 gives M1 and M2.
+        reference_model: DPO reference from iteration 2 on: `m0` (the base) or `previous` (M_t).
+    """
+
+    prompt_sources: list[PromptSource] = field(default_factory=list)
+    max_prompt_tokens: int = 512
+
+    num_candidates: int = 10
+    num_refinements: int = 20
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    generation_batch_size: int = 32
+
+    feedback_model: str = EMBEDDED_MODEL
+    feedback_revision: str | None = None
+    feedback_backend: str = "in_process"
+    aspect_mode: str = "paper"
+    num_general_aspects: int = 3
+    verifier_tasks: list[str] = field(default_factory=lambda: ["math"])
+    constrained_decoding: bool = True
+    feedback_max_new_tokens: int = 256
+    feedback_temperature: float = 0.7
+    feedback_batch_size: int = 16
+    max_parse_retries: int = 2
+
+    reward_model: str | None = None
+    reward_revision: str | None = None
+    reward_batch_size: int = 8
+
+    pairing: str = "rlrf"
+    top_k: int = 2
+    pairing_seed: int = 0
+
+    num_iterations: int = 2
+    reference_model: str = "m0"
+
+    def __post_init__(self) -> None:
+        self.prompt_sources = [_as_source(s, i) for i, s in enumerate(self.prompt_sources)]
+        if isinstance(self.verifier_tasks, str):
+            self.verifier_tasks = [t for t in self.verifier_tasks.split(",") if t]
+
+    def pairing_for(self, iteration: int) -> str:
+        rules = [r.strip() for r in self.pairing.split(",")]
+        return rules[min(iteration, len(rules) - 1)]
+
+
+def _as_source(value: Any, index: int) -> PromptSource:
+    if isinstance(value, PromptSource):
+        return value
+    where = f"prompt_sources[{index}]"
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where} must be a mapping with at least `path` and `task`, got {value!r}")
+    known = {f.name for f in dataclasses.fields(PromptSource)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    for required in ("path", "task"):
+        if required not in value:
+            raise RecipeError(f"{where}.{required} is required")
+    return PromptSource(**value)
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: the three argument groups of one run."""
+
+    rlrf: RLRFArguments
+    model: Any  # trl.ModelConfig
+    training: Any  # trl.DPOConfig
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training.output_dir)
+
+    @property
+    def run_name(self) -> str:
+        return self.training.run_name or self.output_dir.name
+
+
+def make_parser():
+    from trl import DPOConfig, ModelConfig, TrlParser
+
+    return TrlParser((RLRFArguments, ModelConfig, DPOConfig))
+
+
+def parse_recipe(args: list[str]) -> Recipe:
+    """Parse `--config FILE` plus overrides; every problem becomes one `RecipeError` naming the field."""
+    if "--config" in args:
+        config_path = Path(args[args.index("--config") + 1])
+        if not config_path.is_file():
+            raise RecipeError(f"config: recipe file {config_path} does not exist")
+    parser = make_parser()
+    parser.error = _raise_recipe_error
+    _reject_unknown_keys(parser, args)
+    try:
+        rlrf, model, training = parser.parse_args_and_config(args)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise RecipeError(_explain(err)) from None
+    recipe = Recipe(rlrf, model, training)
+    validate(recipe)
+    return recipe
+
+
+def _raise_recipe_error(message: str):
+    raise RecipeError(message.replace("argument --", "").replace("/--", " / --"))
+
+
+def _reject_unknown_keys(parser, args: list[str]) -> None:
+    """TRL checks unknown YAML keys only after building the dataclasses; check first for a clear message."""
+    if "--config" not in args:
+        return
+    import yaml
+
+    path = args[args.index("--config") + 1]
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"config: {path} is not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"config: {path} must hold a YAML mapping of recipe keys")
+    known = {action.dest for action in parser._actions} | {"env"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise RecipeError(f"unknown recipe key(s) in {path}: {', '.join(unknown)}")
+
+
+def _explain(err: Exception) -> str:
+    text = str(err)
+    if text.startswith("Unknown arguments from config file"):
+        keys = [item.lstrip("-") for item in text.split("[", 1)[1].split("]", 1)[0].split(", ")[::2]]
+        keys = [k.strip("'\"").lstrip("-") for k in keys]
+        return f"unknown recipe key(s): {', '.join(keys)}"
+    return text
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise RecipeError(f"{field_name}: {message}")
+
+
+def validate(recipe: Recipe) -> None:
+    """Check values the dataclasses cannot: ranges, choices and that local files exist."""
+    r = recipe.rlrf
+    _require(bool(r.prompt_sources), "prompt_sources", "at least one prompt source is required")
+    for i, source in enumerate(r.prompt_sources):
+        where = f"prompt_sources[{i}]"
+        _require(source.task in TASKS, f"{where}.task", f"must be one of {TASKS}, got {source.task!r}")
+        _require(_looks_like_hub_id(source.path) or Path(source.path).exists(), f"{where}.path",
+                 f"file {source.path} does not exist")
+        if source.reference_file:
+            _require(Path(source.reference_file).is_file(), f"{where}.reference_file",
+                     f"file {source.reference_file} does not exist")
+        _require(source.limit is None or source.limit > 0, f"{where}.limit", "must be positive")
+        _require(source.offset >= 0, f"{where}.offset", "must be >= 0")
+    for name in ("num_candidates", "num_refinements", "max_new_tokens", "generation_batch_size",
+                 "feedback_max_new_tokens", "feedback_batch_size", "num_general_aspects", "top_k",
+                 "num_iterations", "max_prompt_tokens", "reward_batch_size"):
+        value = getattr(r, name)
+        _require(isinstance(value, int) and value >= 1, name, f"must be a whole number >= 1, got {value!r}")
+    _require(r.num_candidates >= 2, "num_candidates", "needs at least 2 candidates to pair")
+    _require(r.num_general_aspects <= 8, "num_general_aspects", "there are only 8 aspects")
+    _require(r.max_parse_retries >= 0, "max_parse_retries", "must be >= 0")
+    _require(r.temperature > 0, "temperature", f"must be > 0, got {r.temperature}")
+    _require(0 < r.top_p <= 1, "top_p", f"must be in (0, 1], got {r.top_p}")
+    _require(r.feedback_temperature >= 0, "feedback_temperature", "must be >= 0")
+    _require(r.aspect_mode in ASPECT_MODES, "aspect_mode", f"must be one of {ASPECT_MODES}")
+    _require(r.feedback_backend in FEEDBACK_BACKENDS, "feedback_backend", f"must be one of {FEEDBACK_BACKENDS}")
+    _require(r.reference_model in REFERENCE_MODELS, "reference_model", f"must be one of {REFERENCE_MODELS}")
+    for rule in r.pairing.split(","):
+        _require(rule.strip() in PAIRINGS, "pairing", f"{rule!r} is not one of {PAIRINGS}")
+    for task in r.verifier_tasks:
+        _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
+    _require(recipe.training.beta > 0, "beta", "must be > 0")
+    _require(recipe.training.learning_rate > 0, "learning_rate", "must be > 0")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """`owner/name` with no local file of that name: treated as a Hub dataset id."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "/")) and not Path(path).exists() \
+        and "." not in parts[-1]

@@ -1,0 +1,343 @@
+"""The RLRF loop: M0 -> M1 -> ... -> M_T, regenerating data with the current policy each iteration.
+
+Iteration t samples with M_t, rates, refines, pairs, and trains M_(t+1) on its pairs. Every stage is
+published when complete and never recomputed; an interrupted stage resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .aspects import rubric_sha256
+from .backends import SamplingParams
+from .candidates import candidate_jobs
+from .checkpoint import StageCheckpoint
+from .config import Recipe
+from .feedback import judge
+from .feedback.templates import TEMPLATES_SHA256
+from .pairs import build_pairs
+from .prompts import build_prompts, check_prompt_lengths
+from .publishing import FolderPublisher, Published, Publisher
+from .refinements import refinement_jobs
+from .reward import attach_rewards
+from .sampling import sample_responses
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The loop cannot continue; the message says why and what to change."""
+
+
+@dataclass
+class IterationSummary:
+    iteration: int
+    trained: str
+    prompts: int
+    candidates: int
+    refinements: int
+    rated: int
+    parse_rate: float
+    positives: int
+    prompts_with_positive: int
+    pairs: int
+    train_loss: float | None
+    reward_accuracy: float | None
+    tokens_generated: int
+
+
+class _Backends:
+    """Loads the policy, the judge and the reward model only when a stage needs them."""
+
+    def __init__(self, recipe: Recipe, policy_adapter: str | None):
+        self.recipe = recipe
+        self.policy_adapter = policy_adapter
+        self._policy = self._judge = self._reward = None
+
+    def policy(self):
+        if self._policy is None:
+            from .backends.transformers_backend import TransformersBackend
+
+            m = self.recipe.model
+            self._policy = TransformersBackend.from_pretrained(
+                m.model_name_or_path, revision=m.model_revision, adapter=self.policy_adapter,
+                batch_size=self.recipe.rlrf.generation_batch_size,
+            )
+        return self._policy
+
+    def judge(self):
+        if self._judge is None:
+            from .backends.transformers_backend import TransformersBackend
+
+            r = self.recipe.rlrf
+            self._judge = TransformersBackend.from_pretrained(
+                r.feedback_model, revision=r.feedback_revision, batch_size=r.feedback_batch_size
+            )
+        return self._judge
+
+    def reward(self):
+        r = self.recipe.rlrf
+        if r.reward_model and self._reward is None:
+            from .reward import RewardScorer
+
+            self._reward = RewardScorer.from_pretrained(r.reward_model, r.reward_revision, r.reward_batch_size)
+        return self._reward
+
+    def close(self) -> None:
+        self._policy = self._judge = self._reward = None
+        gc.collect()
+
+
+class Iteration:
+    """One pass of the loop with the policy M_t."""
+
+    def __init__(self, recipe: Recipe, publisher: Publisher, prompts: list[dict], t: int):
+        self.recipe, self.publisher, self.prompts, self.t = recipe, publisher, prompts, t
+        self.args = recipe.rlrf
+        self.rule = self.args.pairing_for(t)
+        self.work = recipe.output_dir / f"iter-{t}" / ".work"
+        adapter = publisher.find_adapter(t) if t > 0 else None
+        if t > 0 and adapter is None:
+            raise RunError(f"iteration {t} needs the adapter of M{t}, which is not published")
+        self.policy_adapter = adapter
+        self.backends = _Backends(recipe, adapter.location if adapter else None)
+        self.by_id = {row["prompt_id"]: row for row in prompts}
+        self.tokens = 0
+
+    # lineage -----------------------------------------------------------------------------------------
+    def _lineage(self, stage: str, rows: list[dict], parents: list[Published], started: float, **extra) -> dict:
+        m, r = self.recipe.model, self.args
+        adapter = self.policy_adapter
+        return {
+            "run": self.recipe.run_name,
+            "stage": stage,
+            "iteration": self.t,
+            "policy": {"model": m.model_name_or_path, "revision": m.model_revision,
+                       "adapter": adapter.location if adapter else None,
+                       "adapter_revision": adapter.revision if adapter else None},
+            "feedback_model": {"model": r.feedback_model, "revision": r.feedback_revision,
+                               "backend": r.feedback_backend, "aspect_mode": r.aspect_mode,
+                               "verifier_tasks": list(r.verifier_tasks)},
+            "reward_model": {"model": r.reward_model, "revision": r.reward_revision} if r.reward_model else None,
+            "rubric_sha256": rubric_sha256(),
+            "templates_sha256": TEMPLATES_SHA256,
+            "sampling": {"num_candidates": r.num_candidates, "num_refinements": r.num_refinements,
+                         "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
+                         "seed": self.recipe.training.seed},
+            "parents": [{"stage": p.name, "location": p.location, "revision": p.revision} for p in parents],
+            "counts": {"rows": len(rows), **extra.pop("counts", {})},
+            "tokens_generated": sum(row.get("num_tokens", 0) for row in rows),
+            "wall_time_s": round(time.time() - started, 1),
+            **extra,
+        }
+
+    # stages ------------------------------------------------------------------------------------------
+    def _sampling_params(self) -> SamplingParams:
+        r = self.args
+        return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                              do_sample=True, seed=self.recipe.training.seed)
+
+    def _sample_stage(self, stage: str, jobs, num_samples: int, parents: list[Published]) -> tuple[list, Published]:
+        found = self.publisher.find(stage, self.t)
+        if found:
+            return list(self.publisher.load(stage, self.t)), found
+        started = time.time()
+        checkpoint = StageCheckpoint(self.work / stage, stage)
+        origin = "candidate" if stage == "candidates" else "refinement"
+        rows = sample_responses(jobs(), self.backends.policy(), self._sampling_params(), num_samples, self.t,
+                                origin, checkpoint, sequences_per_chunk=2 * self.args.generation_batch_size)
+        published = self.publisher.publish_dataset(stage, self.t, rows, self._lineage(stage, rows, parents, started))
+        checkpoint.clear()
+        return rows, published
+
+    def _rate(self, responses: list[dict], checkpoint: StageCheckpoint) -> list[dict]:
+        """Feedback (and reward) for responses not yet in the checkpoint, in resumable chunks."""
+        done = checkpoint.done("response_id")
+        todo = [row for row in responses if row["response_id"] not in done]
+        if self.rule == "reward_only":
+            rows = [judge.unrated_row(row, self.t) for row in todo]
+            checkpoint.append(attach_rewards(rows, todo, self.backends.reward()))
+            return checkpoint.rows()
+        aspects = self._aspects()
+        size = 4 * self.args.feedback_batch_size
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            rated = judge.rate_responses(chunk, self.by_id, aspects, self.backends.judge(), self.args, self.t)
+            checkpoint.append(attach_rewards(rated, chunk, self.backends.reward()))
+        return checkpoint.rows()
+
+    def _aspects(self) -> dict[str, list[str]]:
+        """The judge's aspect choice per prompt, made once per iteration and kept for refinements and resume."""
+        path = self.work / "aspects.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        needs_judge = [p for p in self.prompts if p["task"] == "general" and self.args.aspect_mode == "paper"]
+        chosen = judge.select_aspects(needs_judge, self.backends.judge(), self.args) if needs_judge else {}
+        aspects = {p["prompt_id"]: chosen.get(p["prompt_id"]) or judge.aspects_for(
+            p["task"], self.args.aspect_mode, self.args.num_general_aspects) for p in self.prompts}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(aspects, indent=1))
+        return aspects
+
+    def run(self) -> IterationSummary:
+        prompts_pub = self.publisher.find("prompts", 0)
+        candidates, cand_pub = self._sample_stage(
+            "candidates", lambda: candidate_jobs(self.prompts), self.args.num_candidates, [prompts_pub]
+        )
+        feedback_pub = self.publisher.find("feedback", self.t)
+        checkpoint = StageCheckpoint(self.work / "feedback", "feedback")
+        started = time.time()
+        if feedback_pub:
+            feedback = list(self.publisher.load("feedback", self.t))
+            refinements, refine_pub = self._load_or_empty("refinements")
+        else:
+            feedback = self._rate(candidates, checkpoint)
+            refinements, refine_pub = self._refine(candidates, feedback, cand_pub)
+            feedback = self._rate(candidates + refinements, checkpoint)
+            parents = [p for p in (cand_pub, refine_pub) if p]
+            stats = judge.summarise(feedback)
+            feedback_pub = self.publisher.publish_dataset(
+                "feedback", self.t, feedback,
+                self._lineage("feedback", feedback, parents, started, counts=stats,
+                              parse_failure_rate=stats["parse_failure_rate"]),
+            )
+            checkpoint.clear()
+        pairs, pairs_pub = self._pairs(candidates, refinements, feedback, feedback_pub)
+        self.backends.close()
+        result = self._train(pairs, pairs_pub)
+        return self._summary(candidates, refinements, feedback, pairs, result)
+
+    def _load_or_empty(self, stage: str) -> tuple[list[dict], Published | None]:
+        found = self.publisher.find(stage, self.t)
+        return (list(self.publisher.load(stage, self.t)), found) if found else ([], None)
+
+    def _refine(self, candidates, feedback, cand_pub) -> tuple[list[dict], Published | None]:
+        if self.rule == "reward_only" or self.args.num_refinements == 0:
+            return [], None
+        rows, published = self._sample_stage(
+            "refinements", lambda: refinement_jobs(self.prompts, candidates, feedback),
+            self.args.num_refinements, [cand_pub],
+        )
+        return rows, published
+
+    def _pairs(self, candidates, refinements, feedback, feedback_pub) -> tuple[list[dict], Published]:
+        found = self.publisher.find("pairs", self.t)
+        if found:
+            return list(self.publisher.load("pairs", self.t)), found
+        started = time.time()
+        pairs = build_pairs(self.rule, self.by_id, candidates + refinements, feedback, self.args.top_k,
+                            self.args.pairing_seed, self.t)
+        lineage = self._lineage("pairs", pairs, [feedback_pub], started, pairing=self.rule, top_k=self.args.top_k)
+        return pairs, self.publisher.publish_dataset("pairs", self.t, pairs, lineage)
+
+    def _train(self, pairs: list[dict], pairs_pub: Published) -> dict:
+        model_index = self.t + 1
+        found = self.publisher.find_adapter(model_index)
+        metrics_path = self.publisher.adapter_dir(model_index) / "train_metrics.json"
+        if found and metrics_path.is_file():
+            return json.loads(metrics_path.read_text())
+        if not pairs:
+            raise RunError(
+                f"iteration {self.t} produced no training rows with pairing {self.rule!r}: no response was rated "
+                "1 on every aspect it was rated on. Sample more (num_candidates, num_refinements), add prompts, "
+                "or use a stronger feedback model; the stages published so far are kept."
+            )
+        from datasets import Dataset
+
+        from .schemas import PAIRS
+        from .training import train_adapter
+
+        method = "rs" if self.rule == "rs" else "dpo"
+        previous = self.policy_adapter.location if self.policy_adapter else None
+        reference = previous if self.args.reference_model == "previous" else None
+        result = train_adapter(Dataset.from_list(pairs, features=PAIRS), self.recipe,
+                               self.publisher.adapter_dir(model_index), init_adapter=previous,
+                               reference_adapter=reference, method=method)
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
+        metrics_path.write_text(json.dumps(metrics, indent=2))
+        self._publish_adapter(model_index, pairs, pairs_pub, metrics, method, reference)
+        return metrics
+
+    def _publish_adapter(self, model_index, pairs, pairs_pub, metrics, method, reference) -> None:
+        lineage = self._lineage("adapter", [], [pairs_pub], time.time(), counts={"pairs": len(pairs)})
+        lineage.update(model_name=f"M{model_index}", method=method,
+                       trained_from=f"M{self.t}" if self.t else "M0 (the base model)",
+                       reference_model=f"the adapter at {reference}" if reference else "M0 (the base model)")
+        t = self.recipe.training
+        m = self.recipe.model
+        settings = {"beta": t.beta, "learning_rate": t.learning_rate, "lr_scheduler_type": str(t.lr_scheduler_type),
+                    "max_steps": t.max_steps, "num_train_epochs": t.num_train_epochs,
+                    "per_device_train_batch_size": t.per_device_train_batch_size,
+                    "gradient_accumulation_steps": t.gradient_accumulation_steps, "load_in_4bit": m.load_in_4bit,
+                    "lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout,
+                    "lora_target_modules": m.lora_target_modules, "seed": t.seed}
+        self.publisher.publish_adapter(model_index, lineage, metrics, settings)
+
+    def _summary(self, candidates, refinements, feedback, pairs, metrics) -> IterationSummary:
+        stats = judge.summarise(feedback)
+        return IterationSummary(
+            iteration=self.t,
+            trained=f"M{self.t + 1}",
+            prompts=len(self.prompts),
+            candidates=len(candidates),
+            refinements=len(refinements),
+            rated=len(feedback),
+            parse_rate=1.0 - stats["parse_failure_rate"],
+            positives=sum(bool(row["is_positive"]) for row in feedback),
+            prompts_with_positive=len({row["prompt_id"] for row in feedback if row["is_positive"]}),
+            pairs=len(pairs),
+            train_loss=metrics.get("train_loss"),
+            reward_accuracy=metrics.get("reward_accuracy"),
+            tokens_generated=sum(row["num_tokens"] for row in candidates + refinements),
+        )
+
+
+def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
+    """Build and validate the prompts (before any model work) and publish them once."""
+    found = publisher.find("prompts", 0)
+    if found:
+        return list(publisher.load("prompts", 0))
+    prompts = build_prompts(recipe.rlrf.prompt_sources)
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model.model_name_or_path, recipe.model.model_revision)
+
+    def count(messages):
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"])
+
+    check_prompt_lengths(prompts, count, recipe.rlrf.max_prompt_tokens)
+    lineage = {"run": recipe.run_name, "stage": "prompts", "iteration": 0,
+               "sources": [asdict(s) for s in recipe.rlrf.prompt_sources],
+               "counts": {"rows": len(prompts), **_task_counts(prompts)}}
+    publisher.publish_dataset("prompts", 0, prompts, lineage)
+    return prompts
+
+
+def _task_counts(prompts: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in prompts:
+        counts[row["task"]] = counts.get(row["task"], 0) + 1
+    return counts
+
+
+def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSummary]:
+    """Run every iteration of the recipe; finished iterations are read back, not recomputed."""
+    publisher = publisher or FolderPublisher(recipe.output_dir)
+    prompts = prepare_prompts(recipe, publisher)
+    summaries = []
+    for t in range(recipe.rlrf.num_iterations):
+        path = recipe.output_dir / f"iter-{t}" / "summary.json"
+        if path.is_file() and publisher.find_adapter(t + 1):
+            summaries.append(IterationSummary(**json.loads(path.read_text())))
+            continue
+        summary = Iteration(recipe, publisher, prompts, t).run()
+        path.write_text(json.dumps(asdict(summary), indent=2))
+        summaries.append(summary)
+    Path(recipe.output_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
+    return summaries

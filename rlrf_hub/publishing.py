@@ -1,0 +1,126 @@
+"""Where the artifacts of a run go. One small interface; stages never know which implementation they got.
+
+`FolderPublisher` lays each stage out as a Hub dataset repo (parquet shards under `data/` plus a
+README card with `configs` metadata) under `<output_dir>/iter-<t>/<stage>/`, so
+`datasets.load_dataset(<folder>, split="train")` reads it; adapters go to `<output_dir>/adapters/M<t>/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from datasets import Dataset, load_dataset
+
+from .cards import adapter_card, dataset_card
+from .schemas import FEATURES, to_dataset
+
+
+@dataclass(frozen=True)
+class Published:
+    kind: str  # "dataset" or "adapter"
+    name: str  # stage name, or "M<t>" for adapters
+    iteration: int
+    location: str
+    revision: str
+
+
+class Publisher(Protocol):
+    def find(self, stage: str, iteration: int) -> Published | None: ...
+    def load(self, stage: str, iteration: int) -> Dataset: ...
+    def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published: ...
+    def adapter_dir(self, model_index: int) -> Path: ...
+    def find_adapter(self, model_index: int) -> Published | None: ...
+    def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published: ...
+
+
+def _content_sha(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:40]
+
+
+class FolderPublisher:
+    """Publishes into a local folder; the revision of a dataset or adapter is a hash of its content."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def dataset_dir(self, stage: str, iteration: int) -> Path:
+        """Prompts serve every iteration and live at the top; the other stages under `iter-<t>/`."""
+        if stage == "prompts":
+            return self.root / "prompts"
+        return self.root / f"iter-{iteration}" / stage
+
+    def adapter_dir(self, model_index: int) -> Path:
+        return self.root / "adapters" / f"M{model_index}"
+
+    def find(self, stage: str, iteration: int) -> Published | None:
+        folder = self.dataset_dir(stage, iteration)
+        shards = sorted((folder / "data").glob("train-*.parquet"))
+        if not (folder / "README.md").is_file() or not shards:
+            return None
+        return Published("dataset", stage, iteration, str(folder), _content_sha(shards))
+
+    def load(self, stage: str, iteration: int) -> Dataset:
+        return load_dataset(str(self.dataset_dir(stage, iteration)), split="train", features=FEATURES[stage])
+
+    def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published:
+        """Write shards and card into a temporary sibling, then rename: readers never see half a stage."""
+        target = self.dataset_dir(stage, iteration)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
+        try:
+            (tmp / "data").mkdir()
+            shard = tmp / "data" / "train.parquet"
+            to_dataset(stage, rows).to_parquet(str(shard))
+            pattern = f"data/train-{_content_sha([shard])[:16]}-*"
+            shard.rename(tmp / pattern.replace("*", "00000-of-00001.parquet"))
+            dataset_card(lineage, rows, str(target), pattern).save(tmp / "README.md")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        published = self.find(stage, iteration)
+        self._record(published)
+        return published
+
+    def find_adapter(self, model_index: int) -> Published | None:
+        folder = self.adapter_dir(model_index)
+        weights = sorted(folder.glob("adapter_model.*"))
+        if not weights or not (folder / "README.md").is_file():
+            return None
+        return Published("adapter", f"M{model_index}", model_index, str(folder), _content_sha(weights))
+
+    def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published:
+        """The trainer wrote the adapter into `adapter_dir`; the card completes it."""
+        folder = self.adapter_dir(model_index)
+        card = adapter_card(lineage, metrics, settings, str(folder))
+        tmp = folder / "README.md.tmp"
+        card.save(tmp)
+        os.replace(tmp, folder / "README.md")
+        published = self.find_adapter(model_index)
+        self._record(published)
+        return published
+
+    def _record(self, published: Published) -> None:
+        """Keep `<root>/published.json` listing every artifact, for scripts that look for a run's outputs."""
+        path = self.root / "published.json"
+        entries = json.loads(path.read_text()) if path.is_file() else []
+        entries = [e for e in entries if (e["kind"], e["name"], e["iteration"]) !=
+                   (published.kind, published.name, published.iteration)]
+        entries.append(asdict(published))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=2))
+        os.replace(tmp, path)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    from rlrf_hub.models import prepare_tiny_model
+
+    return str(prepare_tiny_model())
+
+
+def write_recipe(path: Path, **values) -> Path:
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def tiny_recipe(data: Path, output_dir: Path, **overrides) -> dict:
+    """A recipe for the whole loop on the tiny model: real prompts, tiny sizes."""
+    recipe = {
+        "run_name": "tiny",
+        "output_dir": str(output_dir),
+        "seed": 0,
+        "model_name_or_path": "embedded:tiny",
+        "load_in_4bit": False,
+        "use_peft": True,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "prompt_sources": [
+            {"path": str(data / "gsm8k/train.jsonl"), "task": "math", "prompt_field": "question",
+             "reference_field": "answer", "limit": 2},
+            {"path": str(data / "prompts/self_instruct_seed_tasks.jsonl"), "task": "general", "limit": 2},
+            {"path": str(data / "factscore/bio_prompts.jsonl"), "task": "bio", "prompt_template": "Tell me a bio of {topic}.",
+             "reference_file": str(data / "factscore/wikipedia/wikipedia_reference_text.json"),
+             "entity_field": "topic", "require_reference": True, "max_reference_chars": 300, "limit": 1},
+        ],
+        "num_candidates": 3,
+        "num_refinements": 2,
+        "max_new_tokens": 16,
+        "generation_batch_size": 8,
+        "feedback_model": "embedded:tiny",
+        "feedback_max_new_tokens": 96,
+        "feedback_batch_size": 8,
+        "max_parse_retries": 1,
+        "top_k": 2,
+        "num_iterations": 2,
+        "max_steps": 1,
+        "per_device_train_batch_size": 2,
+        "max_length": 256,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "bf16": False,
+    }
+    recipe.update(overrides)
+    return recipe

@@ -1,0 +1,120 @@
+"""The whole loop on the tiny model: every stage published, lineage joined, and resumable after a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_recipe, write_recipe
+from datasets import load_dataset
+
+from rlrf_hub.cli import main
+from rlrf_hub.config import parse_recipe
+from rlrf_hub.loop import run
+
+STAGES = ("candidates", "feedback", "refinements", "pairs")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir, tiny_model):
+    root = tmp_path_factory.mktemp("loop")
+    path = write_recipe(root / "recipe.yaml", **tiny_recipe(data_dir, root / "out"))
+    assert main(["run", "--config", str(path)]) == 0
+    return root / "out", path
+
+
+def _load(out, stage, t):
+    return load_dataset(str(out / f"iter-{t}" / stage), split="train")
+
+
+def test_every_stage_of_every_iteration_is_published(finished_run):
+    out, _ = finished_run
+    prompts = load_dataset(str(out / "prompts"), split="train")
+    assert set(prompts["task"]) == {"math", "general", "bio"}
+    for t in range(2):
+        candidates, refinements = _load(out, "candidates", t), _load(out, "refinements", t)
+        feedback, pairs = _load(out, "feedback", t), _load(out, "pairs", t)
+        assert len(candidates) == 3 * len(prompts)
+        assert set(candidates["prompt_id"]) == set(prompts["prompt_id"])
+        assert len(refinements) % 2 == 0 and set(refinements["parent_id"]) <= set(candidates["response_id"])
+        rated = set(candidates["response_id"]) | set(refinements["response_id"])
+        assert sorted(feedback["response_id"]) == sorted(rated), "every response gets exactly one feedback row"
+        assert set(feedback["origin"]) == {"candidate", "refinement"}
+        positives = {r["response_id"] for r in feedback if r["is_positive"]}
+        assert len(pairs) > 0
+        assert set(pairs["chosen_id"]) <= positives
+        assert not set(pairs["rejected_id"]) & positives
+        assert (out / "adapters" / f"M{t + 1}" / "adapter_config.json").is_file()
+
+
+def test_math_feedback_comes_from_the_verifier_and_flat_columns_match(finished_run):
+    out, _ = finished_run
+    for row in _load(out, "feedback", 0):
+        if row["task"] == "math":
+            assert row["parse_status"] == "verifier" and row["aspects"] == ["Logical Correctness"]
+        for aspect, rating in zip(row["aspects"], row["ratings"], strict=True):
+            assert row["rating_" + aspect.lower().replace(" ", "_")] == rating
+
+
+def test_cards_carry_lineage_back_to_the_prompts(finished_run):
+    from huggingface_hub import DatasetCard, ModelCard
+
+    out, _ = finished_run
+    published = {(e["kind"], e["name"], e["iteration"]): e for e in json.loads((out / "published.json").read_text())}
+    pairs_card = DatasetCard.load(out / "iter-1" / "pairs" / "README.md").data.rlrf
+    assert pairs_card["policy"]["adapter"] == str(out / "adapters" / "M1")
+    assert pairs_card["parents"][0]["revision"] == published[("dataset", "feedback", 1)]["revision"]
+    adapter_card = ModelCard.load(out / "adapters" / "M2" / "README.md")
+    assert adapter_card.data.rlrf["parents"][0]["revision"] == published[("dataset", "pairs", 1)]["revision"]
+    assert adapter_card.data.base_model == "embedded:tiny"
+    feedback_card = DatasetCard.load(out / "iter-0" / "feedback" / "README.md").data.rlrf
+    assert 0.0 <= feedback_card["parse_failure_rate"] <= 1.0
+    assert feedback_card["rubric_sha256"]
+
+
+def test_rerunning_a_finished_run_recomputes_nothing(finished_run, capsys):
+    out, path = finished_run
+    before = (out / "published.json").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    assert main(["run", "--config", str(path)]) == 0
+    assert (out / "published.json").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == stamps
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_a_crashed_run_resumes_without_duplicates(tmp_path, data_dir, tiny_model, monkeypatch):
+    """Fault injection: the backend dies on its third call; the rerun continues from the checkpoint."""
+    from rlrf_hub.backends.transformers_backend import TransformersBackend
+
+    settings = {"generation_batch_size": 2, "num_iterations": 1}
+    crashed = parse_recipe(["--config", str(write_recipe(tmp_path / "a.yaml", **tiny_recipe(
+        data_dir, tmp_path / "crashed", **settings)))])
+    clean = parse_recipe(["--config", str(write_recipe(tmp_path / "b.yaml", **tiny_recipe(
+        data_dir, tmp_path / "clean", **settings)))])
+    original = TransformersBackend.generate
+    calls = {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Crash("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersBackend, "generate", failing)
+    with pytest.raises(_Crash):
+        run(crashed)
+    parts = list((tmp_path / "crashed" / "iter-0" / ".work" / "candidates").glob("part-*.parquet"))
+    assert len(parts) == 2, "two chunks were checkpointed before the crash"
+    monkeypatch.setattr(TransformersBackend, "generate", original)
+    run(crashed)
+    run(clean)
+    resumed = _load(tmp_path / "crashed", "candidates", 0)
+    reference = _load(tmp_path / "clean", "candidates", 0)
+    assert len(set(resumed["response_id"])) == len(resumed)
+    assert sorted(zip(resumed["response_id"], resumed["response"], strict=True)) == sorted(
+        zip(reference["response_id"], reference["response"], strict=True)
+    ), "a resumed stage gives the rows of an uninterrupted one"
+    assert not (tmp_path / "crashed" / "iter-0" / ".work" / "candidates").exists()
