@@ -29,21 +29,24 @@ class Aspect:
 ASPECTS: tuple[Aspect, ...] = (
     Aspect(
         "Logical Correctness",
-        "The reasoning holds together from start to finish and reaches a correct result without slips or skipped steps.",
+        "The reasoning holds together from start to finish and reaches a correct result "
+        "without slips or skipped steps.",
         "The argument or calculation contains an error, a contradiction or a gap that changes the outcome.",
         "The result stands, but a step is loose, unexplained or slightly off.",
         "Every step follows from the previous one and the final result is right.",
     ),
     Aspect(
         "Factuality",
-        "The facts the answer relies on are accurate, complete enough for the question, and backed up where it matters.",
+        "The facts the answer relies on are accurate, complete enough for the question, "
+        "and backed up where it matters.",
         "It states something false or invents details.",
         "Mostly accurate, with a vague, unsupported or incomplete claim.",
         "Everything stated is accurate and the important claims are supported.",
     ),
     Aspect(
         "Metacognition",
-        "The answer is aware of what it does not know: it flags doubt or ambiguity and does not guess when information is missing.",
+        "The answer is aware of what it does not know: it flags doubt or ambiguity "
+        "and does not guess when information is missing.",
         "It asserts things with confidence that it cannot know, or ignores an obvious ambiguity.",
         "It hedges in places but misses a limit or an ambiguity worth mentioning.",
         "It states its limits clearly and handles uncertainty honestly.",
@@ -112,9 +115,7 @@ def rubric_text(names: tuple[str, ...] | list[str] = ASPECT_NAMES) -> str:
     blocks = []
     for name in names:
         a = BY_NAME[name]
-        blocks.append(
-            f"{a.name}: {a.criterion}\n  -1: {a.failure}\n   0: {a.moderate}\n   1: {a.success}"
-        )
+        blocks.append(f"{a.name}: {a.criterion}\n  -1: {a.failure}\n   0: {a.moderate}\n   1: {a.success}")
     return "\n".join(blocks)
 
 

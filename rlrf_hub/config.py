@@ -251,16 +251,32 @@ def validate(recipe: Recipe) -> None:
     for i, source in enumerate(r.prompt_sources):
         where = f"prompt_sources[{i}]"
         _require(source.task in TASKS, f"{where}.task", f"must be one of {TASKS}, got {source.task!r}")
-        _require(_looks_like_hub_id(source.path) or Path(source.path).exists(), f"{where}.path",
-                 f"file {source.path} does not exist")
+        _require(
+            _looks_like_hub_id(source.path) or Path(source.path).exists(),
+            f"{where}.path",
+            f"file {source.path} does not exist",
+        )
         if source.reference_file:
-            _require(Path(source.reference_file).is_file(), f"{where}.reference_file",
-                     f"file {source.reference_file} does not exist")
+            _require(
+                Path(source.reference_file).is_file(),
+                f"{where}.reference_file",
+                f"file {source.reference_file} does not exist",
+            )
         _require(source.limit is None or source.limit > 0, f"{where}.limit", "must be positive")
         _require(source.offset >= 0, f"{where}.offset", "must be >= 0")
-    for name in ("num_candidates", "num_refinements", "max_new_tokens", "generation_batch_size",
-                 "feedback_max_new_tokens", "feedback_batch_size", "num_general_aspects", "top_k",
-                 "num_iterations", "max_prompt_tokens", "reward_batch_size"):
+    for name in (
+        "num_candidates",
+        "num_refinements",
+        "max_new_tokens",
+        "generation_batch_size",
+        "feedback_max_new_tokens",
+        "feedback_batch_size",
+        "num_general_aspects",
+        "top_k",
+        "num_iterations",
+        "max_prompt_tokens",
+        "reward_batch_size",
+    ):
         value = getattr(r, name)
         _require(isinstance(value, int) and value >= 1, name, f"must be a whole number >= 1, got {value!r}")
     _require(r.num_candidates >= 2, "num_candidates", "needs at least 2 candidates to pair")
@@ -274,6 +290,11 @@ def validate(recipe: Recipe) -> None:
     _require(r.reference_model in REFERENCE_MODELS, "reference_model", f"must be one of {REFERENCE_MODELS}")
     for rule in r.pairing.split(","):
         _require(rule.strip() in PAIRINGS, "pairing", f"{rule!r} is not one of {PAIRINGS}")
+        _require(
+            rule.strip() != "reward_only" or bool(r.reward_model),
+            "reward_model",
+            "pairing `reward_only` ranks candidates by reward alone and needs a reward model",
+        )
     for task in r.verifier_tasks:
         _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
     _require(recipe.training.beta > 0, "beta", "must be > 0")
@@ -283,5 +304,10 @@ def validate(recipe: Recipe) -> None:
 def _looks_like_hub_id(path: str) -> bool:
     """`owner/name` with no local file of that name: treated as a Hub dataset id."""
     parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not path.startswith((".", "/")) and not Path(path).exists() \
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not path.startswith((".", "/"))
+        and not Path(path).exists()
         and "." not in parts[-1]
+    )

@@ -26,6 +26,7 @@ from .publishing import FolderPublisher, Published, Publisher
 from .refinements import refinement_jobs
 from .reward import attach_rewards
 from .sampling import sample_responses
+from .training import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ class _Backends:
 
             m = self.recipe.model
             self._policy = TransformersBackend.from_pretrained(
-                m.model_name_or_path, revision=m.model_revision, adapter=self.policy_adapter,
+                m.model_name_or_path,
+                revision=m.model_revision,
+                adapter=self.policy_adapter,
                 batch_size=self.recipe.rlrf.generation_batch_size,
             )
         return self._policy
@@ -117,18 +120,30 @@ class Iteration:
             "run": self.recipe.run_name,
             "stage": stage,
             "iteration": self.t,
-            "policy": {"model": m.model_name_or_path, "revision": m.model_revision,
-                       "adapter": adapter.location if adapter else None,
-                       "adapter_revision": adapter.revision if adapter else None},
-            "feedback_model": {"model": r.feedback_model, "revision": r.feedback_revision,
-                               "backend": r.feedback_backend, "aspect_mode": r.aspect_mode,
-                               "verifier_tasks": list(r.verifier_tasks)},
+            "policy": {
+                "model": m.model_name_or_path,
+                "revision": m.model_revision,
+                "adapter": adapter.location if adapter else None,
+                "adapter_revision": adapter.revision if adapter else None,
+            },
+            "feedback_model": {
+                "model": r.feedback_model,
+                "revision": r.feedback_revision,
+                "backend": r.feedback_backend,
+                "aspect_mode": r.aspect_mode,
+                "verifier_tasks": list(r.verifier_tasks),
+            },
             "reward_model": {"model": r.reward_model, "revision": r.reward_revision} if r.reward_model else None,
             "rubric_sha256": rubric_sha256(),
             "templates_sha256": TEMPLATES_SHA256,
-            "sampling": {"num_candidates": r.num_candidates, "num_refinements": r.num_refinements,
-                         "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
-                         "seed": self.recipe.training.seed},
+            "sampling": {
+                "num_candidates": r.num_candidates,
+                "num_refinements": r.num_refinements,
+                "temperature": r.temperature,
+                "top_p": r.top_p,
+                "max_new_tokens": r.max_new_tokens,
+                "seed": self.recipe.training.seed,
+            },
             "parents": [{"stage": p.name, "location": p.location, "revision": p.revision} for p in parents],
             "counts": {"rows": len(rows), **extra.pop("counts", {})},
             "tokens_generated": sum(row.get("num_tokens", 0) for row in rows),
@@ -139,8 +154,13 @@ class Iteration:
     # stages ------------------------------------------------------------------------------------------
     def _sampling_params(self) -> SamplingParams:
         r = self.args
-        return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                              do_sample=True, seed=self.recipe.training.seed)
+        return SamplingParams(
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            do_sample=True,
+            seed=self.recipe.training.seed,
+        )
 
     def _sample_stage(self, stage: str, jobs, num_samples: int, parents: list[Published]) -> tuple[list, Published]:
         found = self.publisher.find(stage, self.t)
@@ -149,8 +169,16 @@ class Iteration:
         started = time.time()
         checkpoint = StageCheckpoint(self.work / stage, stage)
         origin = "candidate" if stage == "candidates" else "refinement"
-        rows = sample_responses(jobs(), self.backends.policy(), self._sampling_params(), num_samples, self.t,
-                                origin, checkpoint, sequences_per_chunk=2 * self.args.generation_batch_size)
+        rows = sample_responses(
+            jobs(),
+            self.backends.policy(),
+            self._sampling_params(),
+            num_samples,
+            self.t,
+            origin,
+            checkpoint,
+            sequences_per_chunk=2 * self.args.generation_batch_size,
+        )
         published = self.publisher.publish_dataset(stage, self.t, rows, self._lineage(stage, rows, parents, started))
         checkpoint.clear()
         return rows, published
@@ -178,8 +206,11 @@ class Iteration:
             return json.loads(path.read_text())
         needs_judge = [p for p in self.prompts if p["task"] == "general" and self.args.aspect_mode == "paper"]
         chosen = judge.select_aspects(needs_judge, self.backends.judge(), self.args) if needs_judge else {}
-        aspects = {p["prompt_id"]: chosen.get(p["prompt_id"]) or judge.aspects_for(
-            p["task"], self.args.aspect_mode, self.args.num_general_aspects) for p in self.prompts}
+        aspects = {
+            p["prompt_id"]: chosen.get(p["prompt_id"])
+            or judge.aspects_for(p["task"], self.args.aspect_mode, self.args.num_general_aspects)
+            for p in self.prompts
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(aspects, indent=1))
         return aspects
@@ -202,9 +233,17 @@ class Iteration:
             parents = [p for p in (cand_pub, refine_pub) if p]
             stats = judge.summarise(feedback)
             feedback_pub = self.publisher.publish_dataset(
-                "feedback", self.t, feedback,
-                self._lineage("feedback", feedback, parents, started, counts=stats,
-                              parse_failure_rate=stats["parse_failure_rate"]),
+                "feedback",
+                self.t,
+                feedback,
+                self._lineage(
+                    "feedback",
+                    feedback,
+                    parents,
+                    started,
+                    counts=stats,
+                    parse_failure_rate=stats["parse_failure_rate"],
+                ),
             )
             checkpoint.clear()
         pairs, pairs_pub = self._pairs(candidates, refinements, feedback, feedback_pub)
@@ -220,8 +259,10 @@ class Iteration:
         if self.rule == "reward_only" or self.args.num_refinements == 0:
             return [], None
         rows, published = self._sample_stage(
-            "refinements", lambda: refinement_jobs(self.prompts, candidates, feedback),
-            self.args.num_refinements, [cand_pub],
+            "refinements",
+            lambda: refinement_jobs(self.prompts, candidates, feedback),
+            self.args.num_refinements,
+            [cand_pub],
         )
         return rows, published
 
@@ -230,17 +271,18 @@ class Iteration:
         if found:
             return list(self.publisher.load("pairs", self.t)), found
         started = time.time()
-        pairs = build_pairs(self.rule, self.by_id, candidates + refinements, feedback, self.args.top_k,
-                            self.args.pairing_seed, self.t)
+        pairs = build_pairs(
+            self.rule, self.by_id, candidates + refinements, feedback, self.args.top_k, self.args.pairing_seed, self.t
+        )
         lineage = self._lineage("pairs", pairs, [feedback_pub], started, pairing=self.rule, top_k=self.args.top_k)
         return pairs, self.publisher.publish_dataset("pairs", self.t, pairs, lineage)
 
     def _train(self, pairs: list[dict], pairs_pub: Published) -> dict:
         model_index = self.t + 1
         found = self.publisher.find_adapter(model_index)
-        metrics_path = self.publisher.adapter_dir(model_index) / "train_metrics.json"
+        metrics_path = self.publisher.adapter_dir(model_index) / METRICS_FILE
         if found and metrics_path.is_file():
-            return json.loads(metrics_path.read_text())
+            return json.loads(metrics_path.read_text())["metrics"]
         if not pairs:
             raise RunError(
                 f"iteration {self.t} produced no training rows with pairing {self.rule!r}: no response was rated "
@@ -255,27 +297,43 @@ class Iteration:
         method = "rs" if self.rule == "rs" else "dpo"
         previous = self.policy_adapter.location if self.policy_adapter else None
         reference = previous if self.args.reference_model == "previous" else None
-        result = train_adapter(Dataset.from_list(pairs, features=PAIRS), self.recipe,
-                               self.publisher.adapter_dir(model_index), init_adapter=previous,
-                               reference_adapter=reference, method=method)
+        result = train_adapter(
+            Dataset.from_list(pairs, features=PAIRS),
+            self.recipe,
+            self.publisher.adapter_dir(model_index),
+            init_adapter=previous,
+            reference_adapter=reference,
+            method=method,
+        )
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
-        metrics_path.write_text(json.dumps(metrics, indent=2))
         self._publish_adapter(model_index, pairs, pairs_pub, metrics, method, reference)
         return metrics
 
     def _publish_adapter(self, model_index, pairs, pairs_pub, metrics, method, reference) -> None:
         lineage = self._lineage("adapter", [], [pairs_pub], time.time(), counts={"pairs": len(pairs)})
-        lineage.update(model_name=f"M{model_index}", method=method,
-                       trained_from=f"M{self.t}" if self.t else "M0 (the base model)",
-                       reference_model=f"the adapter at {reference}" if reference else "M0 (the base model)")
+        lineage.update(
+            model_name=f"M{model_index}",
+            method=method,
+            trained_from=f"M{self.t}" if self.t else "M0 (the base model)",
+            reference_model=f"the adapter at {reference}" if reference else "M0 (the base model)",
+        )
         t = self.recipe.training
         m = self.recipe.model
-        settings = {"beta": t.beta, "learning_rate": t.learning_rate, "lr_scheduler_type": str(t.lr_scheduler_type),
-                    "max_steps": t.max_steps, "num_train_epochs": t.num_train_epochs,
-                    "per_device_train_batch_size": t.per_device_train_batch_size,
-                    "gradient_accumulation_steps": t.gradient_accumulation_steps, "load_in_4bit": m.load_in_4bit,
-                    "lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout,
-                    "lora_target_modules": m.lora_target_modules, "seed": t.seed}
+        settings = {
+            "beta": t.beta,
+            "learning_rate": t.learning_rate,
+            "lr_scheduler_type": str(t.lr_scheduler_type),
+            "max_steps": t.max_steps,
+            "num_train_epochs": t.num_train_epochs,
+            "per_device_train_batch_size": t.per_device_train_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "load_in_4bit": m.load_in_4bit,
+            "lora_r": m.lora_r,
+            "lora_alpha": m.lora_alpha,
+            "lora_dropout": m.lora_dropout,
+            "lora_target_modules": m.lora_target_modules,
+            "seed": t.seed,
+        }
         self.publisher.publish_adapter(model_index, lineage, metrics, settings)
 
     def _summary(self, candidates, refinements, feedback, pairs, metrics) -> IterationSummary:
@@ -292,7 +350,7 @@ class Iteration:
             prompts_with_positive=len({row["prompt_id"] for row in feedback if row["is_positive"]}),
             pairs=len(pairs),
             train_loss=metrics.get("train_loss"),
-            reward_accuracy=metrics.get("reward_accuracy"),
+            reward_accuracy=metrics.get("rewards/accuracies"),
             tokens_generated=sum(row["num_tokens"] for row in candidates + refinements),
         )
 
@@ -308,13 +366,20 @@ def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, recipe.model.model_revision)
 
     def count(messages):
-        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)["input_ids"])
+        return len(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
 
     check_prompt_lengths(prompts, count, recipe.rlrf.max_prompt_tokens)
-    lineage = {"run": recipe.run_name, "stage": "prompts", "iteration": 0,
-               "sources": [asdict(s) for s in recipe.rlrf.prompt_sources],
-               "counts": {"rows": len(prompts), **_task_counts(prompts)}}
+    lineage = {
+        "run": recipe.run_name,
+        "stage": "prompts",
+        "iteration": 0,
+        "sources": [asdict(s) for s in recipe.rlrf.prompt_sources],
+        "counts": {"rows": len(prompts), **_task_counts(prompts)},
+    }
     publisher.publish_dataset("prompts", 0, prompts, lineage)
     return prompts
 

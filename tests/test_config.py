@@ -13,8 +13,9 @@ def _parse(tmp_path, data_dir, *args, **overrides):
 
 
 def test_recipe_parses_and_command_line_overrides_yaml(tmp_path, data_dir):
-    recipe = _parse(tmp_path, data_dir, "--output_dir", str(tmp_path / "elsewhere"), "--seed", "3",
-                    "--num_candidates", "5")
+    recipe = _parse(
+        tmp_path, data_dir, "--output_dir", str(tmp_path / "elsewhere"), "--seed", "3", "--num_candidates", "5"
+    )
     assert recipe.training.seed == 3
     assert recipe.output_dir == tmp_path / "elsewhere"
     assert recipe.rlrf.num_candidates == 5
@@ -30,6 +31,7 @@ def test_recipe_parses_and_command_line_overrides_yaml(tmp_path, data_dir):
         ({"top_p": 1.5}, "top_p"),
         ({"pairing": "magic"}, "pairing"),
         ({"reference_model": "m7"}, "reference_model"),
+        ({"pairing": "reward_only"}, "reward_model"),
         ({"prompt_sources": []}, "prompt_sources"),
         ({"prompt_sources": [{"path": "/nonexistent/file.jsonl", "task": "math"}]}, "prompt_sources[0].path"),
         ({"prompt_sources": [{"path": "x.jsonl", "task": "poetry"}]}, "prompt_sources[0].task"),
@@ -70,8 +72,9 @@ def test_cli_rejects_empty_prompt_set_without_writing(tmp_path, data_dir, capsys
 def test_cli_rejects_prompt_longer_than_context(tmp_path, data_dir, capsys, tiny_model):
     long = tmp_path / "long.jsonl"
     long.write_text('{"prompt": "' + "word " * 600 + '"}\n')
-    recipe = tiny_recipe(data_dir, tmp_path / "out", prompt_sources=[{"path": str(long), "task": "general"}],
-                         max_prompt_tokens=256)
+    recipe = tiny_recipe(
+        data_dir, tmp_path / "out", prompt_sources=[{"path": str(long), "task": "general"}], max_prompt_tokens=256
+    )
     _cli_fails_cleanly(tmp_path, capsys, recipe, "max_prompt_tokens")
 
 
@@ -96,4 +99,4 @@ def test_help_explains_every_subcommand(capsys):
         assert "usage:" in capsys.readouterr().out
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--num_candidates" in out and "--output_dir" in out and "--config" not in out.split("\n")[0]
+    assert "--num_candidates" in out and "--output_dir" in out and "rlrf-hub run --config" in out

@@ -90,10 +90,12 @@ def test_a_crashed_run_resumes_without_duplicates(tmp_path, data_dir, tiny_model
     from rlrf_hub.backends.transformers_backend import TransformersBackend
 
     settings = {"generation_batch_size": 2, "num_iterations": 1}
-    crashed = parse_recipe(["--config", str(write_recipe(tmp_path / "a.yaml", **tiny_recipe(
-        data_dir, tmp_path / "crashed", **settings)))])
-    clean = parse_recipe(["--config", str(write_recipe(tmp_path / "b.yaml", **tiny_recipe(
-        data_dir, tmp_path / "clean", **settings)))])
+    crashed = parse_recipe(
+        ["--config", str(write_recipe(tmp_path / "a.yaml", **tiny_recipe(data_dir, tmp_path / "crashed", **settings)))]
+    )
+    clean = parse_recipe(
+        ["--config", str(write_recipe(tmp_path / "b.yaml", **tiny_recipe(data_dir, tmp_path / "clean", **settings)))]
+    )
     original = TransformersBackend.generate
     calls = {"n": 0}
 

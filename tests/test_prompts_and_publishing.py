@@ -25,15 +25,28 @@ def test_sources_give_tasks_references_and_no_duplicates(data_dir, tmp_path):
     duplicate = tmp_path / "dup.jsonl"
     first = json.loads((data_dir / "gsm8k/train.jsonl").read_text().splitlines()[0])
     duplicate.write_text(json.dumps({"question": first["question"] + "  ", "answer": "#### 1"}) + "\n")
-    prompts = build_prompts([
-        PromptSource(path=str(data_dir / "gsm8k/train.jsonl"), task="math", prompt_field="question",
-                     reference_field="answer", limit=3),
-        PromptSource(path=str(duplicate), task="math", prompt_field="question", reference_field="answer"),
-        PromptSource(path=str(data_dir / "factscore/bio_prompts.jsonl"), task="bio",
-                     prompt_template="Tell me a bio of {topic}.",
-                     reference_file=str(data_dir / "factscore/wikipedia/wikipedia_reference_text.json"),
-                     entity_field="topic", require_reference=True, max_reference_chars=500, limit=2),
-    ])
+    prompts = build_prompts(
+        [
+            PromptSource(
+                path=str(data_dir / "gsm8k/train.jsonl"),
+                task="math",
+                prompt_field="question",
+                reference_field="answer",
+                limit=3,
+            ),
+            PromptSource(path=str(duplicate), task="math", prompt_field="question", reference_field="answer"),
+            PromptSource(
+                path=str(data_dir / "factscore/bio_prompts.jsonl"),
+                task="bio",
+                prompt_template="Tell me a bio of {topic}.",
+                reference_file=str(data_dir / "factscore/wikipedia/wikipedia_reference_text.json"),
+                entity_field="topic",
+                require_reference=True,
+                max_reference_chars=500,
+                limit=2,
+            ),
+        ]
+    )
     assert [p["task"] for p in prompts] == ["math"] * 3 + ["bio"] * 2
     assert prompts[0]["reference"].rstrip().endswith("#### 72")
     assert all(p["prompt"].startswith("Tell me a bio of ") for p in prompts[3:])
@@ -43,13 +56,22 @@ def test_sources_give_tasks_references_and_no_duplicates(data_dir, tmp_path):
 
 def test_missing_template_field_names_the_source(data_dir):
     with pytest.raises(RecipeError, match=r"prompt_sources\[0\].*'person'"):
-        build_prompts([PromptSource(path=str(data_dir / "factscore/bio_prompts.jsonl"), task="bio",
-                                    prompt_template="Tell me a bio of {person}.")])
+        build_prompts(
+            [
+                PromptSource(
+                    path=str(data_dir / "factscore/bio_prompts.jsonl"),
+                    task="bio",
+                    prompt_template="Tell me a bio of {person}.",
+                )
+            ]
+        )
 
 
 def _prompt_rows(n: int) -> list[dict]:
-    return [{"prompt_id": prompt_id(f"q{i}"), "prompt": f"q{i}", "task": "general", "reference": None,
-             "source": "test"} for i in range(n)]
+    return [
+        {"prompt_id": prompt_id(f"q{i}"), "prompt": f"q{i}", "task": "general", "reference": None, "source": "test"}
+        for i in range(n)
+    ]
 
 
 def test_published_stage_loads_with_load_dataset_and_has_a_card(tmp_path):
@@ -67,8 +89,15 @@ def test_published_stage_loads_with_load_dataset_and_has_a_card(tmp_path):
     assert card.data.configs[0]["data_files"][0]["path"].startswith("data/train-")
     assert publisher.find("prompts", 0).revision == published.revision
     entries = json.loads((tmp_path / "published.json").read_text())
-    assert entries == [{"kind": "dataset", "name": "prompts", "iteration": 0, "location": published.location,
-                        "revision": published.revision}]
+    assert entries == [
+        {
+            "kind": "dataset",
+            "name": "prompts",
+            "iteration": 0,
+            "location": published.location,
+            "revision": published.revision,
+        }
+    ]
 
 
 def test_two_folders_of_one_stage_never_share_a_cache(tmp_path):
