@@ -7,21 +7,22 @@ LoRA adapter and the tokenizer are written to `--output_dir`.
 
 # QLoRA DPO on CPU with the embedded SmolLM2-135M-Instruct
 ```bash
-accelerate launch recipes/dpo.py --config recipes/smollm2-135m-cpu/dpo.yaml \
-    --dataset_name outputs/pairs/iteration-0 --output_dir outputs/adapters/m1
+accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/dpo.py \
+    --config recipes/smollm2-135m-cpu/dpo.yaml \
+    --dataset_name runs/smollm2-135m-cpu/iter-0/pairs --output_dir runs/my-adapters/M1
 ```
 
 # Second iteration: continue M1, with M1 as the DPO reference (M0, the base, when `--reference_adapter` is unset)
 ```bash
 accelerate launch recipes/dpo.py --config recipes/smollm2-135m-cpu/dpo.yaml \
-    --dataset_name outputs/pairs/iteration-1 --output_dir outputs/adapters/m2 \
-    --init_adapter outputs/adapters/m1 --reference_adapter outputs/adapters/m1
+    --dataset_name runs/smollm2-135m-cpu/iter-1/pairs --output_dir runs/my-adapters/M2 \
+    --init_adapter runs/my-adapters/M1 --reference_adapter runs/my-adapters/M1
 ```
 
 # Rejection sampling (SFT on the chosen responses) instead of DPO
 ```bash
 python recipes/dpo.py --config recipes/smollm2-135m-cpu/dpo.yaml --method rs \
-    --dataset_name outputs/pairs/iteration-0 --output_dir outputs/adapters/m1-rs
+    --dataset_name runs/smollm2-135m-cpu/iter-0/pairs --output_dir runs/my-adapters/M1-rs
 ```
 
 # On GPUs, any chat model (QLoRA, one process per GPU)
@@ -30,7 +31,7 @@ accelerate launch --multi_gpu --num_processes 8 recipes/dpo.py \
     --dataset_name you/rlrf-pairs --model_name_or_path meta-llama/Llama-2-13b-chat-hf \
     --load_in_4bit --use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules all-linear \
     --dtype bfloat16 --bf16 --beta 0.1 --learning_rate 2e-6 --lr_scheduler_type cosine \
-    --per_device_train_batch_size 4 --gradient_accumulation_steps 8 --output_dir outputs/adapters/m1
+    --per_device_train_batch_size 4 --gradient_accumulation_steps 8 --output_dir runs/my-adapters/M1
 ```
 """
 

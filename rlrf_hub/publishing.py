@@ -118,8 +118,11 @@ class FolderPublisher:
         """Keep `<root>/published.json` listing every artifact, for scripts that look for a run's outputs."""
         path = self.root / "published.json"
         entries = json.loads(path.read_text()) if path.is_file() else []
-        entries = [e for e in entries if (e["kind"], e["name"], e["iteration"]) !=
-                   (published.kind, published.name, published.iteration)]
+        entries = [
+            e
+            for e in entries
+            if (e["kind"], e["name"], e["iteration"]) != (published.kind, published.name, published.iteration)
+        ]
         entries.append(asdict(published))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=2))

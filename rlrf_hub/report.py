@@ -40,4 +40,7 @@ def summary_table(summaries: list[IterationSummary], title: str = "RLRF run") ->
 
 
 def print_summary(summaries: list[IterationSummary], title: str = "RLRF run") -> None:
-    Console().print(summary_table(summaries, title))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(summary_table(summaries, title))

@@ -14,7 +14,7 @@ from .aspects import ASPECT_KEYS
 STAGES = ("prompts", "candidates", "feedback", "refinements", "pairs")
 TASKS = ("general", "math", "bio")
 ORIGINS = ("candidate", "refinement")
-PARSE_STATUSES = ("strict", "tolerant", "verifier", "failed")
+PARSE_STATUSES = ("strict", "tolerant", "verifier", "failed", "unrated")
 
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
 

@@ -100,3 +100,14 @@ def test_help_explains_every_subcommand(capsys):
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--num_candidates" in out and "--output_dir" in out and "rlrf-hub run --config" in out
+
+
+def test_model_prepare_prints_the_folder_last(capsys, tiny_model):
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert main(["model", "prepare", "--tiny"]) == 0
+    folder = capsys.readouterr().out.strip().splitlines()[-1]
+    assert folder == tiny_model
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == "llama" and not hasattr(config, "quantization_config")
+    assert AutoTokenizer.from_pretrained(folder).chat_template

@@ -120,3 +120,28 @@ def test_a_crashed_run_resumes_without_duplicates(tmp_path, data_dir, tiny_model
         zip(reference["response_id"], reference["response"], strict=True)
     ), "a resumed stage gives the rows of an uninterrupted one"
     assert not (tmp_path / "crashed" / "iter-0" / ".work" / "candidates").exists()
+
+
+def test_rs_then_reward_only_with_a_reward_model(tmp_path, data_dir, tiny_model):
+    """RS (SFT on positives) trains M1; the reward-only baseline trains M2 without any judge call."""
+    from test_reward import _save_reward_model
+
+    reward_model = _save_reward_model(tmp_path / "rm")
+    recipe = tiny_recipe(
+        data_dir,
+        tmp_path / "out",
+        reward_model=str(reward_model),
+        pairing="rs,reward_only",
+        reference_model="previous",
+    )
+    summaries = run(parse_recipe(["--config", str(write_recipe(tmp_path / "r.yaml", **recipe))]))
+    out = tmp_path / "out"
+    rs_pairs, baseline = _load(out, "pairs", 0), _load(out, "pairs", 1)
+    assert set(rs_pairs["pairing"]) == {"rs"} and all(r == [] for r in rs_pairs["rejected"])
+    assert set(baseline["pairing"]) == {"reward_only"}
+    feedback = _load(out, "feedback", 1)
+    assert all(row["reward"] is not None for row in feedback)
+    assert set(feedback["origin"]) == {"candidate"}, "the baseline refines nothing"
+    assert all(row["judge"] in (None, "") for row in feedback), "the baseline asks no judge"
+    assert summaries[1].refinements == 0 and summaries[1].pairs == len(baseline)
+    assert (out / "adapters" / "M2" / "adapter_config.json").is_file()

@@ -177,16 +177,16 @@ def feedback_text(row: dict) -> str:
 
 
 def unrated_row(response: dict, iteration: int) -> dict:
-    """A feedback row for a response that no judge rated (the reward-only baseline): `failed`, 0 attempts."""
-    return _row(response, iteration, [], None, raw="", status="failed", attempts=0, judge=None, revision=None)
+    """A feedback row for a response that no judge rated (the reward-only baseline): `unrated`, 0 attempts."""
+    return _row(response, iteration, [], None, raw="", status="unrated", attempts=0, judge=None, revision=None)
 
 
 def summarise(rows: Sequence[dict]) -> dict[str, Any]:
     """Counts for cards and logs. `parse_failure_rate` is over rows that went to the judge (unrated rows and
     verifier rows excluded); 0.0 when there are none."""
     statuses = Counter(row["parse_status"] for row in rows)
-    unrated = sum(1 for row in rows if row["parse_status"] == "failed" and not row.get("parse_attempts"))
-    failed = statuses.get("failed", 0) - unrated
+    unrated = statuses.get("unrated", 0)
+    failed = statuses.get("failed", 0)
     judged = statuses.get("strict", 0) + statuses.get("tolerant", 0) + failed
     attempts = [row["parse_attempts"] for row in rows if row["parse_status"] != "verifier" and row["parse_attempts"]]
     means = [row["mean_rating"] for row in rows if row.get("mean_rating") is not None]

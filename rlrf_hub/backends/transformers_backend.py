@@ -1,0 +1,233 @@
+"""In-process generation with transformers: batched, length-sorted, seeded per sequence, optionally JSON-constrained.
+
+Determinism. Every sequence (request `r`, sample `k`) samples with its own `torch.Generator`, seeded from
+`params.seed`, the request's content (messages and schema), `k`, and how many identical requests came
+before it. The global torch RNG is neither used nor touched. Hence:
+
+- the same requests with the same `params` and `batch_size` on the same machine give identical outputs;
+- a request's generations do not depend on which other requests are in the call or where it sits in the
+  list, up to floating-point effects of batching: padding and batch shape can change logits in the last
+  bits, which flips a sampled token only when two candidates are almost exactly tied (rare, but possible);
+- identical requests in one call still get different samples (the occurrence count enters the seed).
+
+Greedy decoding (`do_sample=False` or `temperature <= 0`) ignores the seed, so its `n` copies are equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from .base import Generation, GenerationRequest, SamplingParams
+from .constrained import JSONSchemaLogitsProcessor
+
+
+@dataclass
+class _Sequence:
+    request_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    json_schema: dict[str, Any] | None
+    seed: int
+
+
+def sequence_seed(seed: int, request: GenerationRequest, occurrence: int, sample_index: int) -> int:
+    """A 63-bit seed from the sampling seed and what is generated, not from where it sits in a call."""
+    content = json.dumps({"messages": request.messages, "json_schema": request.json_schema}, sort_keys=True)
+    key = f"{seed}\x00{occurrence}\x00{sample_index}\x00{content}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & (2**63 - 1)
+
+
+class RowSeededSampler(LogitsProcessor):
+    """Samples each row's next token from softmax(scores) with that row's own generator.
+
+    Inverse-CDF sampling: one uniform draw per row from the row's CPU generator (so a draw depends neither on
+    the other rows nor on the device), located in the row's cumulative distribution by a batched search.
+    Returns the scores with the drawn token raised to +inf, so a greedy `generate` picks exactly it. Placed last,
+    after temperature and top-p, it samples the same distribution as `generate`'s own multinomial sampling.
+    """
+
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        dtype = torch.float32 if scores.device.type == "mps" else torch.float64  # MPS has no float64
+        probs = torch.softmax(scores.to(dtype), dim=-1)
+        cumulative = probs.cumsum_(dim=-1)
+        targets = uniforms.to(scores.device, dtype).unsqueeze(1) * cumulative[:, -1:]
+        choices = torch.searchsorted(cumulative, targets, right=True).clamp_(max=scores.shape[-1] - 1)
+        # Rounding at the top of the CDF could land on a zero-probability tail token; fall back to the mode.
+        drawn_ok = scores.gather(1, choices) > float("-inf")
+        choices = torch.where(drawn_ok, choices, scores.argmax(dim=-1, keepdim=True))
+        return scores.scatter_(1, choices, float("inf"))
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a reply: the generation config's EOS (an int or a list) and the tokenizer's."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    ids.discard(None)
+    return sorted(ids)
+
+
+def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, str]:
+    """Generated tokens up to and including the first EOS (padding after it excluded), and the finish reason."""
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return position + 1, "stop"
+    return len(tokens), "length"
+
+
+class TransformersBackend:
+    """Generates with a transformers causal LM in this process (the `GenerationBackend` protocol).
+
+    Sequences of all requests are sorted by prompt length (longest first, so memory trouble shows at once)
+    and generated in batches of `batch_size` with left padding; results come back in request order.
+    Requests with a `json_schema` decode under llguidance constraints, mixed freely with free rows.
+
+    Args:
+        model: a causal LM in eval mode, on the device to generate on.
+        tokenizer: its fast tokenizer, with a chat template.
+        model_id, revision, adapter: who generates, recorded for lineage.
+        batch_size: sequences per `model.generate` call.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        model_id: str,
+        revision: str | None = None,
+        adapter: str | None = None,
+        batch_size: int = 32,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.revision = revision
+        self.adapter = adapter
+        self.batch_size = batch_size
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+        self.total_tokens = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        revision: str | None = None,
+        adapter: str | None = None,
+        load_in_4bit: bool = False,
+        batch_size: int = 32,
+        device: str | None = None,
+    ) -> TransformersBackend:
+        """Load a model (embedded names, Hub ids or paths) and its tokenizer; the GPU is used when present."""
+        from ..models import load_causal_lm, load_tokenizer
+
+        model = load_causal_lm(model_id, revision=revision, adapter=adapter, load_in_4bit=load_in_4bit)
+        if not load_in_4bit:
+            model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tokenizer = load_tokenizer(model_id, revision=revision)
+        return cls(model, tokenizer, model_id, revision=revision, adapter=adapter, batch_size=batch_size)
+
+    def _prompt_texts(self, messages_list: Sequence[list[dict[str, str]]]) -> list[str]:
+        return [
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            for messages in messages_list
+        ]
+
+    def encode_prompts(self, messages_list: Sequence[list[dict[str, str]]]) -> list[list[int]]:
+        """Token ids of each chat with the template and generation prompt applied, as the model sees it."""
+        if not messages_list:
+            return []
+        return self.tokenizer(self._prompt_texts(messages_list), add_special_tokens=False)["input_ids"]
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Length of the prompt the model sees for these messages (chat template and generation prompt included)."""
+        return len(self.encode_prompts([messages])[0])
+
+    def _expand(self, requests: Sequence[GenerationRequest], seed: int) -> list[_Sequence]:
+        prompt_ids = self.encode_prompts([request.messages for request in requests])
+        occurrences: dict[str, int] = {}
+        sequences = []
+        for index, (request, ids) in enumerate(zip(requests, prompt_ids, strict=True)):
+            key = json.dumps([request.messages, request.json_schema], sort_keys=True)
+            occurrence = occurrences.get(key, 0)
+            occurrences[key] = occurrence + 1
+            for k in range(request.n):
+                sequences.append(
+                    _Sequence(index, k, ids, request.json_schema, sequence_seed(seed, request, occurrence, k))
+                )
+        return sequences
+
+    def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `attention_mask` of a left-padded batch, on the model's device."""
+        width = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            if ids:
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, width - len(ids) :] = 1
+        return input_ids.to(self.model.device), attention_mask.to(self.model.device)
+
+    def _logits_processors(self, batch: list[_Sequence], params: SamplingParams) -> LogitsProcessorList:
+        processors = LogitsProcessorList()
+        schemas = [sequence.json_schema for sequence in batch]
+        if any(schema is not None for schema in schemas):
+            processors.append(JSONSchemaLogitsProcessor(self.tokenizer, schemas, self.eos_token_ids))
+        if params.do_sample and params.temperature > 0:
+            if params.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+            processors.append(RowSeededSampler([sequence.seed for sequence in batch]))
+        return processors
+
+    def _generate_batch(self, batch: list[_Sequence], params: SamplingParams) -> list[Generation]:
+        input_ids, attention_mask = self.left_pad([sequence.prompt_ids for sequence in batch])
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,  # sampling happens in RowSeededSampler
+                logits_processor=self._logits_processors(batch, params),
+                eos_token_id=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+            )
+        eos = set(self.eos_token_ids)
+        generations = []
+        for tokens in output[:, input_ids.shape[1] :].tolist():
+            num_tokens, finish_reason = completion_length(tokens, eos)
+            text = self.tokenizer.decode(tokens[:num_tokens], skip_special_tokens=True)
+            generations.append(Generation(text=text, num_tokens=num_tokens, finish_reason=finish_reason))
+        self.total_tokens += sum(generation.num_tokens for generation in generations)
+        return generations
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, desc: str | None = None
+    ) -> list[list[Generation]]:
+        """Return, for each request, its `n` generations in order (see the module docstring on seeding)."""
+        sequences = self._expand(requests, params.seed)
+        order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].prompt_ids), i))
+        results: list[list[Generation | None]] = [[None] * request.n for request in requests]
+        with tqdm(total=len(sequences), desc=desc, unit="seq") as progress:
+            for start in range(0, len(order), self.batch_size):
+                batch = [sequences[i] for i in order[start : start + self.batch_size]]
+                for sequence, generation in zip(batch, self._generate_batch(batch, params), strict=True):
+                    results[sequence.request_index][sequence.sample_index] = generation
+                progress.update(len(batch))
+        return results  # type: ignore[return-value]
