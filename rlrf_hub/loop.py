@@ -369,18 +369,19 @@ def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
     if found:
         return list(publisher.load("prompts", 0))
     prompts = build_prompts(recipe.rlrf.prompt_sources)
-    from .models import load_tokenizer
+    from transformers import AutoConfig
 
-    tokenizer = load_tokenizer(recipe.model.model_name_or_path, recipe.model.model_revision)
+    from .models import load_tokenizer, resolve_model
 
-    def count(messages):
-        return len(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
+    name, revision = recipe.model.model_name_or_path, recipe.model.model_revision
+    tokenizer = load_tokenizer(name, revision)
 
-    check_prompt_lengths(prompts, count, recipe.rlrf.max_prompt_tokens)
+    def count(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+
+    context = getattr(AutoConfig.from_pretrained(resolve_model(name), revision=revision), "max_position_embeddings", 0)
+    room = context - recipe.rlrf.max_new_tokens if context else None
+    check_prompt_lengths(prompts, count, recipe.rlrf.max_prompt_tokens, room)
     lineage = {
         "run": recipe.run_name,
         "stage": "prompts",

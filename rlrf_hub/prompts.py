@@ -102,12 +102,19 @@ def build_prompts(sources: list[PromptSource]) -> list[dict]:
     return prompts
 
 
-def check_prompt_lengths(prompts: list[dict], count_tokens, max_tokens: int) -> None:
-    """A prompt that does not fit the context budget is a recipe error, found before any generation."""
+def check_prompt_lengths(prompts: list[dict], count_tokens, max_tokens: int, context: int | None = None) -> None:
+    """A prompt that does not fit the context budget is a recipe error, found before any generation.
+
+    The budget is `max_prompt_tokens`, and never more than the policy's context (`context`, which already
+    leaves room for `max_new_tokens`).
+    """
+    field, limit = "max_prompt_tokens", max_tokens
+    if context is not None and context < max_tokens:
+        field, limit = "max_new_tokens", context
     for row in prompts:
         length = count_tokens([{"role": "user", "content": row["prompt"]}])
-        if length > max_tokens:
+        if length > limit:
             raise RecipeError(
-                f"max_prompt_tokens: prompt {row['prompt_id']} from {row['source']} has {length} tokens "
-                f"(limit {max_tokens}): {row['prompt'][:80]!r}..."
+                f"{field}: prompt {row['prompt_id']} from {row['source']} has {length} tokens, more than the "
+                f"{limit} that fit (max_prompt_tokens {max_tokens}, context {context}): {row['prompt'][:80]!r}..."
             )

@@ -78,15 +78,32 @@ def test_cli_rejects_prompt_longer_than_context(tmp_path, data_dir, capsys, tiny
     _cli_fails_cleanly(tmp_path, capsys, recipe, "max_prompt_tokens")
 
 
+def test_cli_rejects_prompt_that_leaves_no_room_in_the_model_context(tmp_path, data_dir, capsys, tiny_model):
+    long = tmp_path / "long.jsonl"
+    long.write_text('{"prompt": "' + "word " * 300 + '"}\n')
+    recipe = tiny_recipe(
+        data_dir,
+        tmp_path / "out",
+        prompt_sources=[{"path": str(long), "task": "general"}],
+        max_prompt_tokens=4096,
+        max_new_tokens=1900,
+    )
+    _cli_fails_cleanly(tmp_path, capsys, recipe, "context 148")
+
+
 def test_cli_rejects_unknown_key(tmp_path, data_dir, capsys):
     _cli_fails_cleanly(tmp_path, capsys, tiny_recipe(data_dir, tmp_path / "out", num_candiates=3), "num_candiates")
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("smollm2-135m-cpu/*.yaml")), ids=lambda p: p.name)
+LOOP_RECIPES = sorted(
+    p for p in (REPO / "recipes").glob("*/*.yaml") if p.name != "dpo.yaml" and p.parent.name != "accelerate_configs"
+)
+
+
+@pytest.mark.parametrize("recipe", LOOP_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recipes_parse(recipe, monkeypatch):
+    """Loop recipes; `dpo.yaml` files are parsed and smoke-run by tests/test_training.py with recipes/dpo.py."""
     monkeypatch.chdir(REPO)
-    if recipe.name == "dpo.yaml":
-        pytest.skip("parsed by tests/test_training.py through recipes/dpo.py's own parser")
     parsed = parse_recipe(["--config", str(recipe)])
     assert parsed.rlrf.prompt_sources
 
