@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,7 +113,6 @@ class Iteration:
         self.by_id = {row["prompt_id"]: row for row in prompts}
         self.judge_stats: dict = {}
 
-    # lineage -----------------------------------------------------------------------------------------
     def _lineage(self, stage: str, rows: list[dict], parents: list[Published], started: float, **extra) -> dict:
         m, r = self.recipe.model, self.args
         adapter = self.policy_adapter
@@ -151,7 +151,6 @@ class Iteration:
             **extra,
         }
 
-    # stages ------------------------------------------------------------------------------------------
     def _sampling_params(self) -> SamplingParams:
         r = self.args
         return SamplingParams(
@@ -226,45 +225,46 @@ class Iteration:
         candidates, cand_pub = self._sample_stage(
             "candidates", lambda: candidate_jobs(self.prompts), self.args.num_candidates, [prompts_pub]
         )
-        feedback_pub = self.publisher.find("feedback", self.t)
-        checkpoint = StageCheckpoint(self.work / "feedback", "feedback")
-        started = time.time()
-        if feedback_pub:
-            feedback = list(self.publisher.load("feedback", self.t))
-            refinements, refine_pub = self._load_or_empty("refinements")
-        else:
-            feedback = self._rate(candidates, checkpoint)
-            refinements, refine_pub = self._refine(candidates, feedback, cand_pub)
-            feedback = self._rate(candidates + refinements, checkpoint)
-            parents = [p for p in (cand_pub, refine_pub) if p]
-            stats = judge.summarise(feedback)
-            feedback_pub = self.publisher.publish_dataset(
-                "feedback",
-                self.t,
-                feedback,
-                self._lineage(
-                    "feedback",
-                    feedback,
-                    parents,
-                    started,
-                    counts=stats,
-                    parse_failure_rate=stats["parse_failure_rate"],
-                    tokens_generated=self.judge_stats.get("judge_tokens", 0),
-                    judge_requests=self.judge_stats.get("judge_requests", 0),
-                ),
-            )
-            checkpoint.clear()
+        refinements, feedback, feedback_pub = self._feedback_stage(candidates, cand_pub)
         pairs, pairs_pub = self._pairs(candidates, refinements, feedback, feedback_pub)
         self.backends.close()
         result = self._train(pairs, pairs_pub)
+        shutil.rmtree(self.work, ignore_errors=True)
         return self._summary(candidates, refinements, feedback, pairs, result)
+
+    def _feedback_stage(self, candidates: list[dict], cand_pub: Published) -> tuple[list, list, Published]:
+        """Rate the candidates, refine the best of each prompt, rate the refinements; publish all feedback."""
+        found = self.publisher.find("feedback", self.t)
+        if found:
+            refinements, _ = self._load_or_empty("refinements")
+            return refinements, list(self.publisher.load("feedback", self.t)), found
+        started = time.time()
+        checkpoint = StageCheckpoint(self.work / "feedback", "feedback")
+        feedback = self._rate(candidates, checkpoint)
+        refinements, refine_pub = self._refine(candidates, feedback, cand_pub)
+        feedback = self._rate(candidates + refinements, checkpoint)
+        stats = judge.summarise(feedback)
+        lineage = self._lineage(
+            "feedback",
+            feedback,
+            [p for p in (cand_pub, refine_pub) if p],
+            started,
+            counts=stats,
+            parse_failure_rate=stats["parse_failure_rate"],
+            tokens_generated=self.judge_stats.get("judge_tokens", 0),
+            judge_requests=self.judge_stats.get("judge_requests", 0),
+        )
+        published = self.publisher.publish_dataset("feedback", self.t, feedback, lineage)
+        checkpoint.clear()
+        (self.work / "aspects.json").unlink(missing_ok=True)
+        return refinements, feedback, published
 
     def _load_or_empty(self, stage: str) -> tuple[list[dict], Published | None]:
         found = self.publisher.find(stage, self.t)
         return (list(self.publisher.load(stage, self.t)), found) if found else ([], None)
 
     def _refine(self, candidates, feedback, cand_pub) -> tuple[list[dict], Published | None]:
-        if self.rule == "reward_only" or self.args.num_refinements == 0:
+        if self.rule == "reward_only":
             return [], None
         rows, published = self._sample_stage(
             "refinements",

@@ -45,6 +45,7 @@ def test_every_stage_of_every_iteration_is_published(finished_run):
         assert set(pairs["chosen_id"]) <= positives
         assert not set(pairs["rejected_id"]) & positives
         assert (out / "adapters" / f"M{t + 1}" / "adapter_config.json").is_file()
+        assert not (out / f"iter-{t}" / ".work").exists(), "checkpoints go once the iteration is published"
 
 
 def test_math_feedback_comes_from_the_verifier_and_flat_columns_match(finished_run):
