@@ -128,3 +128,30 @@ def test_model_prepare_prints_the_folder_last(capsys, tiny_model):
     config = AutoConfig.from_pretrained(folder)
     assert config.model_type == "llama" and not hasattr(config, "quantization_config")
     assert AutoTokenizer.from_pretrained(folder).chat_template
+
+
+@pytest.mark.parametrize(
+    "recipe", [p for p in LOOP_RECIPES if p.name != "smoke.yaml"], ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_shipped_recipes_smoke_run_on_the_tiny_model(recipe, monkeypatch, tmp_path, tiny_model):
+    """Each shipped loop recipe runs one iteration with its own prompts and settings on the tiny model.
+
+    `smoke.yaml` is run whole on the real model by tests/test_smoke_recipe.py: its 4 prompts give the random
+    tiny judge too few chances to rate a response positive.
+    """
+    monkeypatch.chdir(REPO)
+    overrides = {
+        "model_name_or_path": "embedded:tiny",
+        "feedback_model": "embedded:tiny",
+        "load_in_4bit": "false",
+        "num_candidates": "2",
+        "num_refinements": "1",
+        "max_new_tokens": "8",
+        "feedback_max_new_tokens": "64",
+        "num_iterations": "1",
+        "max_steps": "1",
+        "output_dir": str(tmp_path / "out"),
+    }
+    args = [item for key, value in overrides.items() for item in (f"--{key}", value)]
+    assert main(["run", "--config", str(recipe), *args]) == 0
+    assert (tmp_path / "out" / "adapters" / "M1" / "adapter_config.json").is_file()
