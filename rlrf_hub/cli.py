@@ -65,6 +65,13 @@ def _summary(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from .hub.server import run_forever
+
+    run_forever(args.root, args.host, args.port, args.token)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlrf-hub", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,6 +94,14 @@ def make_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="print the per-iteration table of a finished run")
     summary.add_argument("output_dir", help="the run's output_dir")
     summary.set_defaults(handler=_summary)
+    hub = commands.add_parser("hub", help="the offline Hugging Face Hub")
+    hub_commands = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+    serve = hub_commands.add_parser("serve", help="serve the repositories stored under --root over the Hub's HTTP API")
+    serve.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="port (default: 0, a free one; the URL is printed)")
+    serve.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` for writes")
+    serve.set_defaults(handler=_hub_serve)
     return parser
 
 
