@@ -102,6 +102,14 @@ class RLRFArguments:
     Parameters that control the loop:
         num_iterations: M0 -> M1 -> ... ; 2 gives M1 and M2.
         reference_model: DPO reference from iteration 2 on: `m0` (the base) or `previous` (M_t).
+
+    Parameters that control publishing:
+        hub_namespace: publish every stage as a dataset repo `<namespace>/<run_name>-<stage>` and the adapters
+            to `<namespace>/<run_name>-adapter`, one commit per iteration tagged `iter-<t>`; unset: Hub-shaped
+            folders under `output_dir`.
+        hub_endpoint: the Hub's URL (default: `HF_ENDPOINT`, else huggingface.co), or `offline` to start the
+            offline Hub of `rlrf_hub.hub` for the run, storing under `<output_dir>/hub-store`. The token comes
+            from `HF_TOKEN`.
     """
 
     prompt_sources: list[PromptSource] = field(default_factory=list)
@@ -136,6 +144,9 @@ class RLRFArguments:
 
     num_iterations: int = 2
     reference_model: str = "m0"
+
+    hub_namespace: str | None = None
+    hub_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         self.prompt_sources = [_as_source(s, i) for i, s in enumerate(self.prompt_sources)]
@@ -294,6 +305,13 @@ def validate(recipe: Recipe) -> None:
             rule.strip() != "reward_only" or bool(r.reward_model),
             "reward_model",
             "pairing `reward_only` ranks candidates by reward alone and needs a reward model",
+        )
+    _require(r.hub_endpoint is None or bool(r.hub_namespace), "hub_endpoint", "needs `hub_namespace` to publish to")
+    if r.hub_namespace:
+        _require(
+            "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
+            "hub_namespace",
+            f"must be a user or organisation name, got {r.hub_namespace!r}",
         )
     for task in r.verifier_tasks:
         _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -400,9 +401,27 @@ def _task_counts(prompts: list[dict]) -> dict[str, int]:
     return counts
 
 
+def make_publisher(recipe: Recipe) -> Publisher:
+    """Folders under `output_dir`, or the Hub named by `hub_namespace` (`hub_endpoint: offline`: a local one)."""
+    args = recipe.rlrf
+    if not args.hub_namespace:
+        return FolderPublisher(recipe.output_dir)
+    from .hub.publisher import HubPublisher
+
+    endpoint = args.hub_endpoint
+    if endpoint == "offline":
+        from .hub import serve
+
+        _, endpoint = serve(recipe.output_dir / "hub-store")
+        print(f"offline Hub for this run at {endpoint} (store: {recipe.output_dir / 'hub-store'})", flush=True)
+    return HubPublisher(
+        args.hub_namespace, recipe.run_name, recipe.output_dir, endpoint=endpoint, token=os.environ.get("HF_TOKEN")
+    )
+
+
 def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSummary]:
     """Run every iteration of the recipe; finished iterations are read back, not recomputed."""
-    publisher = publisher or FolderPublisher(recipe.output_dir)
+    publisher = publisher or make_publisher(recipe)
     prompts = prepare_prompts(recipe, publisher)
     summaries = []
     for t in range(recipe.rlrf.num_iterations):
@@ -411,6 +430,7 @@ def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSum
             summaries.append(IterationSummary(**json.loads(path.read_text())))
             continue
         summary = Iteration(recipe, publisher, prompts, t).run()
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(summary), indent=2))
         summaries.append(summary)
     Path(recipe.output_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))

@@ -50,6 +50,45 @@ def _content_sha(paths: list[Path]) -> str:
     return digest.hexdigest()[:40]
 
 
+def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict, load_path: str) -> None:
+    """Lay a stage out at `target` as a Hub dataset repo: one parquet shard under `data/` and the README card.
+
+    Shards and card are written into a temporary sibling, then renamed: readers never see half a stage.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
+    try:
+        (tmp / "data").mkdir()
+        shard = tmp / "data" / "train.parquet"
+        to_dataset(stage, rows).to_parquet(str(shard))
+        pattern = f"data/train-{_content_sha([shard])[:16]}-*"
+        shard.rename(tmp / pattern.replace("*", "00000-of-00001.parquet"))
+        dataset_card(lineage, rows, load_path, pattern).save(tmp / "README.md")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def record_published(path: Path, published: Published, **details) -> None:
+    """Keep `path` (a run's `published.json`) listing every artifact, for scripts that look for a run's outputs.
+
+    `details` (for example a Hub repo, its type and tag) are stored next to the `Published` fields.
+    """
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries = [
+        e
+        for e in entries
+        if (e["kind"], e["name"], e["iteration"]) != (published.kind, published.name, published.iteration)
+    ]
+    entries.append({**asdict(published), **details})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=2))
+    os.replace(tmp, path)
+
+
 class FolderPublisher:
     """Publishes into a local folder; the revision of a dataset or adapter is a hash of its content."""
 
@@ -76,22 +115,8 @@ class FolderPublisher:
         return load_dataset(str(self.dataset_dir(stage, iteration)), split="train", features=FEATURES[stage])
 
     def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published:
-        """Write shards and card into a temporary sibling, then rename: readers never see half a stage."""
         target = self.dataset_dir(stage, iteration)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
-        try:
-            (tmp / "data").mkdir()
-            shard = tmp / "data" / "train.parquet"
-            to_dataset(stage, rows).to_parquet(str(shard))
-            pattern = f"data/train-{_content_sha([shard])[:16]}-*"
-            shard.rename(tmp / pattern.replace("*", "00000-of-00001.parquet"))
-            dataset_card(lineage, rows, str(target), pattern).save(tmp / "README.md")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_stage_folder(target, stage, rows, lineage, str(target))
         published = self.find(stage, iteration)
         self._record(published)
         return published
@@ -115,15 +140,4 @@ class FolderPublisher:
         return published
 
     def _record(self, published: Published) -> None:
-        """Keep `<root>/published.json` listing every artifact, for scripts that look for a run's outputs."""
-        path = self.root / "published.json"
-        entries = json.loads(path.read_text()) if path.is_file() else []
-        entries = [
-            e
-            for e in entries
-            if (e["kind"], e["name"], e["iteration"]) != (published.kind, published.name, published.iteration)
-        ]
-        entries.append(asdict(published))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries, indent=2))
-        os.replace(tmp, path)
+        record_published(self.root / "published.json", published)
