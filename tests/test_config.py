@@ -32,6 +32,8 @@ def test_recipe_parses_and_command_line_overrides_yaml(tmp_path, data_dir):
         ({"pairing": "magic"}, "pairing"),
         ({"reference_model": "m7"}, "reference_model"),
         ({"pairing": "reward_only"}, "reward_model"),
+        ({"hub_endpoint": "offline"}, "hub_endpoint"),
+        ({"hub_namespace": "a/b"}, "hub_namespace"),
         ({"prompt_sources": []}, "prompt_sources"),
         ({"prompt_sources": [{"path": "/nonexistent/file.jsonl", "task": "math"}]}, "prompt_sources[0].path"),
         ({"prompt_sources": [{"path": "x.jsonl", "task": "poetry"}]}, "prompt_sources[0].task"),

@@ -186,3 +186,14 @@ def test_a_run_published_to_the_offline_hub_loads_by_tag_in_a_fresh_process(tmp_
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_offline_hub_started_for_the_run_keeps_the_results_across_restarts(tmp_path, data_dir, tiny_model, capsys):
+    recipe = tiny_recipe(data_dir, tmp_path / "out", num_iterations=1, hub_namespace="me", hub_endpoint="offline")
+    path = write_recipe(tmp_path / "r.yaml", **recipe)
+    assert main(["run", "--config", str(path)]) == 0
+    assert "offline Hub for this run at http://127.0.0.1:" in capsys.readouterr().out
+    published = (tmp_path / "out" / "published.json").read_text()
+    assert (tmp_path / "out" / "hub-store").is_dir()
+    assert main(["run", "--config", str(path)]) == 0, "a new server over the same store finds every stage"
+    assert (tmp_path / "out" / "published.json").read_text() == published
