@@ -1,5 +1,6 @@
 """The offline Hub against the real `huggingface_hub`, `datasets`, `transformers` and `peft` clients."""
 
+import hashlib
 import os
 
 os.environ["HF_HUB_DISABLE_XET"] = "1"
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import requests
 import torch
 from huggingface_hub import (
     CommitOperationAdd,
@@ -256,7 +258,12 @@ def test_writes_need_the_token(hub, tmp_path):
         api = HfApi(endpoint=url, token="s3cret")
         api.create_repo("carol/private")
         api.upload_file(path_or_fileobj=b"data", path_in_repo="d.txt", repo_id="carol/private")
-        assert HfApi(endpoint=url, token=False).list_repo_files("carol/private") == [".gitattributes", "d.txt"]
+        api.upload_file(path_or_fileobj=b"\0lfs", path_in_repo="w.safetensors", repo_id="carol/private")
+        files = HfApi(endpoint=url, token=False).list_repo_files("carol/private")
+        assert files == [".gitattributes", "d.txt", "w.safetensors"]
+        oid = hashlib.sha256(b"x").hexdigest()
+        unsigned = requests.put(f"{url}/lfs-upload/{oid}", data=b"x", timeout=10)
+        assert unsigned.status_code == 401, "an LFS upload needs the token or a signed href"
     finally:
         server.shutdown()
         server.server_close()

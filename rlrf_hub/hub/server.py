@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import hmac
 import json
 import re
+import secrets
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +48,12 @@ class HubServer(ThreadingHTTPServer):
         super().__init__(address, HubHandler)
         self.store = store
         self.token = token
+        self._upload_key = secrets.token_bytes(32)
+
+    def upload_signature(self, oid: str) -> str:
+        """Signs the LFS upload href handed out by an authorised batch call: the client's PUT to it carries no
+        Authorization header, so the signature is what authorises it."""
+        return hmac.new(self._upload_key, oid.encode(), hashlib.sha256).hexdigest()
 
 
 def _split_api(rest: str) -> tuple[str, str, list[str]]:
@@ -130,7 +139,13 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         token = self.server.token
-        return token is None or self.headers.get("Authorization", "") == f"Bearer {token}"
+        if token is None or hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
+            return True
+        url = urlsplit(self.path)
+        if self.command == "PUT" and url.path.startswith("/lfs-upload/"):
+            signature = parse_qs(url.query).get("sig", [""])[0]
+            return hmac.compare_digest(signature, self.server.upload_signature(url.path.rsplit("/", 1)[-1]))
+        return False
 
     def _dispatch(self, write: bool) -> None:
         try:
@@ -380,7 +395,8 @@ class HubHandler(BaseHTTPRequestHandler):
         for obj in body.get("objects", []):
             item = {"oid": obj["oid"], "size": obj["size"]}
             if not self.store.has_blob(obj["oid"]):
-                item["actions"] = {"upload": {"href": f"{self.base_url}/lfs-upload/{obj['oid']}"}}
+                signature = self.server.upload_signature(obj["oid"])
+                item["actions"] = {"upload": {"href": f"{self.base_url}/lfs-upload/{obj['oid']}?sig={signature}"}}
             objects.append(item)
         self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
