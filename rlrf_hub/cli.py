@@ -65,6 +65,18 @@ def _summary(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace, rest: list[str]) -> int:
+    from .lineage import format_chain, walk
+
+    location, _, revision = args.artifact.partition("@")
+    try:
+        print(format_chain(walk(location, revision or None)))
+    except FileNotFoundError as err:
+        print(f"rlrf-hub lineage: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from .hub.server import run_forever
 
@@ -94,6 +106,11 @@ def make_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="print the per-iteration table of a finished run")
     summary.add_argument("output_dir", help="the run's output_dir")
     summary.set_defaults(handler=_summary)
+    lineage = commands.add_parser(
+        "lineage", help="print the chain from an adapter or stage dataset back to the prompts it came from"
+    )
+    lineage.add_argument("artifact", help="a published folder, or a Hub repo id, optionally @revision (tag or sha)")
+    lineage.set_defaults(handler=_lineage)
     hub = commands.add_parser("hub", help="the offline Hugging Face Hub")
     hub_commands = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
     serve = hub_commands.add_parser("serve", help="serve the repositories stored under --root over the Hub's HTTP API")

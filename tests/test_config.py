@@ -111,7 +111,13 @@ def test_shipped_recipes_parse(recipe, monkeypatch):
 
 
 def test_help_explains_every_subcommand(capsys):
-    for argv in (["--help"], ["model", "prepare", "--help"], ["summary", "--help"], ["hub", "serve", "--help"]):
+    for argv in (
+        ["--help"],
+        ["model", "prepare", "--help"],
+        ["summary", "--help"],
+        ["hub", "serve", "--help"],
+        ["lineage", "--help"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 0

@@ -74,6 +74,26 @@ def test_cards_carry_lineage_back_to_the_prompts(finished_run):
     assert feedback_card["rubric_sha256"]
 
 
+def test_lineage_walks_from_the_last_adapter_back_to_the_prompts(finished_run, capsys):
+    out, _ = finished_run
+    assert main(["lineage", str(out / "adapters" / "M2")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.strip().split(":")[0] for line in lines]
+    assert names[0] == "M2 (iteration 1)"
+    for expected in (
+        "pairs (iteration 1)",
+        "feedback (iteration 1)",
+        "candidates (iteration 1)",
+        "M1 (iteration 0)",
+        "pairs (iteration 0)",
+        "candidates (iteration 0)",
+        "refinements (iteration 0)",
+    ):
+        assert expected in names
+    assert sum(name.startswith("prompts") for name in names) == 1
+    assert main(["lineage", str(out / "missing")]) == 2
+
+
 def test_rerunning_a_finished_run_recomputes_nothing(finished_run, capsys):
     out, path = finished_run
     before = (out / "published.json").read_text()
@@ -183,6 +203,10 @@ def test_a_run_published_to_the_offline_hub_loads_by_tag_in_a_fresh_process(tmp_
         assert done.returncode == 0, done.stderr[-2000:]
         entries = json.loads((tmp_path / "out" / "published.json").read_text())
         assert {e["repo_id"] for e in entries} >= {"team/tiny-pairs", "team/tiny-adapter"}
+        from rlrf_hub.lineage import walk
+
+        stages = [node.stage for node in walk("team/tiny-adapter", "iter-1")]
+        assert stages[:3] == ["M1", "pairs", "feedback"] and "prompts" in stages
     finally:
         server.shutdown()
         server.server_close()
