@@ -48,7 +48,13 @@ def walk(location: str, revision: str | None = None) -> list[Node]:
         if (where, rev) in seen:
             continue
         seen.add((where, rev))
-        lineage = _card_lineage(where, rev)
+        try:
+            lineage = _card_lineage(where, rev)
+        except FileNotFoundError:
+            if not depth:
+                raise
+            nodes.append(Node("(card not reachable)", where, rev, None, depth))
+            continue
         stage = lineage.get("model_name") or lineage.get("stage", "?")
         nodes.append(Node(stage, where, rev, lineage.get("iteration"), depth))
         parents = [(p["location"], p.get("revision")) for p in lineage.get("parents") or []]

@@ -221,3 +221,21 @@ def test_offline_hub_started_for_the_run_keeps_the_results_across_restarts(tmp_p
     assert (tmp_path / "out" / "hub-store").is_dir()
     assert main(["run", "--config", str(path)]) == 0, "a new server over the same store finds every stage"
     assert (tmp_path / "out" / "published.json").read_text() == published
+
+
+def test_lineage_lists_an_unreachable_parent_instead_of_failing(tmp_path):
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from rlrf_hub.lineage import walk
+
+    (tmp_path / "pairs").mkdir()
+    lineage = {
+        "stage": "pairs",
+        "iteration": 0,
+        "parents": [{"stage": "feedback", "location": str(tmp_path / "gone"), "revision": "abc"}],
+    }
+    DatasetCard.from_template(DatasetCardData(rlrf=lineage), template_str="---\n{{ card_data }}\n---\n").save(
+        tmp_path / "pairs" / "README.md"
+    )
+    nodes = walk(str(tmp_path / "pairs"))
+    assert [(n.stage, n.depth) for n in nodes] == [("pairs", 0), ("(card not reachable)", 1)]
