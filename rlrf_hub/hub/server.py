@@ -118,15 +118,12 @@ class HubHandler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return
-                remaining = size
-                while remaining:
-                    chunk = self.rfile.read(min(remaining, CHUNK_SIZE))
-                    if not chunk:
-                        raise ConnectionError("client closed the connection mid-body")
-                    remaining -= len(chunk)
-                    yield chunk
+                yield from self._read_exactly(size)
                 self.rfile.readline()
-        remaining = int(self.headers.get("Content-Length") or 0)
+        yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _read_exactly(self, size: int):
+        remaining = size
         while remaining:
             chunk = self.rfile.read(min(remaining, CHUNK_SIZE))
             if not chunk:
