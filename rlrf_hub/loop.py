@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,8 +29,6 @@ from .refinements import refinement_jobs
 from .reward import attach_rewards
 from .sampling import sample_responses
 from .training import METRICS_FILE
-
-logger = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
@@ -388,17 +386,10 @@ def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
         "stage": "prompts",
         "iteration": 0,
         "sources": [asdict(s) for s in recipe.rlrf.prompt_sources],
-        "counts": {"rows": len(prompts), **_task_counts(prompts)},
+        "counts": {"rows": len(prompts), **Counter(row["task"] for row in prompts)},
     }
     publisher.publish_dataset("prompts", 0, prompts, lineage)
     return prompts
-
-
-def _task_counts(prompts: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in prompts:
-        counts[row["task"]] = counts.get(row["task"], 0) + 1
-    return counts
 
 
 def make_publisher(recipe: Recipe) -> Publisher:
