@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .aspects import rubric_sha256
-from .backends import SamplingParams
+from .backends import SamplingParams, factory
 from .candidates import candidate_jobs
 from .checkpoint import StageCheckpoint
 from .config import Recipe
@@ -62,25 +62,12 @@ class _Backends:
 
     def policy(self):
         if self._policy is None:
-            from .backends.transformers_backend import TransformersBackend
-
-            m = self.recipe.model
-            self._policy = TransformersBackend.from_pretrained(
-                m.model_name_or_path,
-                revision=m.model_revision,
-                adapter=self.policy_adapter,
-                batch_size=self.recipe.rlrf.generation_batch_size,
-            )
+            self._policy = factory.policy_backend(self.recipe, self.policy_adapter)
         return self._policy
 
     def judge(self):
         if self._judge is None:
-            from .backends.transformers_backend import TransformersBackend
-
-            r = self.recipe.rlrf
-            self._judge = TransformersBackend.from_pretrained(
-                r.feedback_model, revision=r.feedback_revision, batch_size=r.feedback_batch_size
-            )
+            self._judge = factory.judge_backend(self.recipe)
         return self._judge
 
     def reward(self):
