@@ -1,7 +1,9 @@
 """Crash-safe progress of a stage: rows are appended in parquet parts, each written atomically.
 
 A killed run restarted with the same command reads the parts back, skips the work they cover and
-continues; the stage's published dataset is built from the parts once the stage is complete.
+continues; the stage's published dataset is built from the parts once the stage is complete. With a
+mirror (the Hub publisher's), the parts are also pushed to the stage's repo, and a restart on a machine
+without them pulls them first.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
+from .publishing import CheckpointMirror
 from .schemas import FEATURES
 
 
 class StageCheckpoint:
-    def __init__(self, folder: Path, stage: str):
+    def __init__(self, folder: Path, stage: str, mirror: CheckpointMirror | None = None):
         self.folder = Path(folder)
         self.stage = stage
+        self.mirror = mirror
         self._rows: list[dict] | None = None
+        if mirror is not None:
+            mirror.pull(self.folder)
 
     def _parts(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
@@ -44,7 +50,12 @@ class StageCheckpoint:
         to_dataset(self.stage, rows).to_parquet(str(tmp))
         os.replace(tmp, target)
         self._rows = self.rows() + rows
+        if self.mirror is not None:
+            self.mirror.push(self.folder)
 
     def clear(self) -> None:
+        """The stage is published: drop its parts here and on the mirror."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self._rows = None
+        if self.mirror is not None:
+            self.mirror.discard()

@@ -19,7 +19,7 @@ from .schemas import TASKS
 PAIRINGS = ("rlrf", "reward_only", "rs")
 REFERENCE_MODELS = ("m0", "previous")
 ASPECT_MODES = ("paper", "all")
-FEEDBACK_BACKENDS = ("in_process",)
+FEEDBACK_BACKENDS = ("in_process", "endpoint", "serve")
 
 
 class RecipeError(ValueError):
@@ -87,6 +87,21 @@ class RLRFArguments:
         feedback_batch_size: judge requests generated together.
         max_parse_retries: extra judge samples for a reply that does not parse.
 
+    Parameters that control endpoints (`rlrf_hub.backends.endpoint`):
+        feedback_backend: `in_process`, `endpoint` (the judge behind `feedback_endpoint`) or `serve` (the run
+            starts `rlrf-hub serve` for `feedback_model` on a free port and stops it when done).
+        feedback_endpoint: URL, comma list or list of URLs of TGI or OpenAI-compatible servers holding the judge;
+            each request goes to the least busy one.
+        policy_backend: `in_process`, `endpoint` (the policy behind `policy_endpoint`; iteration t samples from
+            the adapter of M_t, which the server must hold under the name the loop passes: TGI's `adapter_id`,
+            vLLM's LoRA name) or `serve` (`rlrf-hub serve` for the policy and the adapter of M_t, per iteration).
+        policy_endpoint: URL(s) of the policy's servers, as `feedback_endpoint`.
+        endpoint_dialect: `auto` (TGI when `GET /info` answers), `tgi` or `openai`.
+        endpoint_concurrency: requests in flight per server.
+        endpoint_timeout: seconds one request may take.
+        endpoint_max_retries: retries of a request on connection errors, timeouts, 429 and 5xx, with exponential
+            backoff; when they run out the run stops with a clear error, keeping the rows it has.
+
     Parameters that control the reward model:
         reward_model: a sequence-classification model id or path; without one, responses are ranked
             by their mean rating (ties: more aspects at 1, then fewer at -1, then sample order).
@@ -103,13 +118,16 @@ class RLRFArguments:
         num_iterations: M0 -> M1 -> ... ; 2 gives M1 and M2.
         reference_model: DPO reference from iteration 2 on: `m0` (the base) or `previous` (M_t).
 
-    Parameters that control publishing:
-        hub_namespace: publish every stage as a dataset repo `<namespace>/<run_name>-<stage>` and the adapters
-            to `<namespace>/<run_name>-adapter`, one commit per iteration tagged `iter-<t>`; unset: Hub-shaped
-            folders under `output_dir`.
-        hub_endpoint: the Hub's URL (default: `HF_ENDPOINT`, else huggingface.co), or `offline` to start the
-            offline Hub of `rlrf_hub.hub` for the run, storing under `<output_dir>/hub-store`. The token comes
-            from `HF_TOKEN`.
+    Parameters that control publishing (every stage is a dataset repo `<namespace>/<run_name>-<stage>`, the
+    adapters share `<namespace>/<run_name>-adapter`; one commit per iteration tagged `iter-<t>`):
+        hub_namespace: user or organisation owning the repos; `local` on the offline Hub when unset.
+        hub_endpoint: where to publish. Unset: the Hub at `HF_ENDPOINT` (else huggingface.co) when `hub_namespace`
+            is set, the offline Hub otherwise. `offline`: the offline Hub of `rlrf_hub.hub` over `hub_store`,
+            reusing a `rlrf-hub hub serve` already running there or starting one for the run. A URL: that Hub.
+            `none`: Hub-shaped folders under `output_dir`, no Hub at all. The token comes from `HF_TOKEN`.
+        hub_store: the offline Hub's storage folder (default: `$RLRF_HUB_CACHE/hub`, i.e. `~/.cache/rlrf-hub/hub`).
+        checkpoint_push_interval: seconds between pushes of a stage's unfinished work to a `checkpoints/iter-<t>`
+            branch of its repo, so a run restarted on another machine continues from it (0: after every chunk).
     """
 
     prompt_sources: list[PromptSource] = field(default_factory=list)
@@ -134,6 +152,14 @@ class RLRFArguments:
     feedback_batch_size: int = 16
     max_parse_retries: int = 2
 
+    feedback_endpoint: list[str] = field(default_factory=list)
+    policy_backend: str = "in_process"
+    policy_endpoint: list[str] = field(default_factory=list)
+    endpoint_dialect: str = "auto"
+    endpoint_concurrency: int = 8
+    endpoint_timeout: float = 120.0
+    endpoint_max_retries: int = 5
+
     reward_model: str | None = None
     reward_revision: str | None = None
     reward_batch_size: int = 8
@@ -147,6 +173,8 @@ class RLRFArguments:
 
     hub_namespace: str | None = None
     hub_endpoint: str | None = None
+    hub_store: str | None = None
+    checkpoint_push_interval: float = 60.0
 
     def __post_init__(self) -> None:
         self.prompt_sources = [_as_source(s, i) for i, s in enumerate(self.prompt_sources)]
@@ -298,6 +326,7 @@ def validate(recipe: Recipe) -> None:
     _require(r.feedback_temperature >= 0, "feedback_temperature", "must be >= 0")
     _require(r.aspect_mode in ASPECT_MODES, "aspect_mode", f"must be one of {ASPECT_MODES}")
     _require(r.feedback_backend in FEEDBACK_BACKENDS, "feedback_backend", f"must be one of {FEEDBACK_BACKENDS}")
+    _validate_endpoints(r)
     _require(r.reference_model in REFERENCE_MODELS, "reference_model", f"must be one of {REFERENCE_MODELS}")
     for rule in r.pairing.split(","):
         _require(rule.strip() in PAIRINGS, "pairing", f"{rule!r} is not one of {PAIRINGS}")
@@ -306,7 +335,17 @@ def validate(recipe: Recipe) -> None:
             "reward_model",
             "pairing `reward_only` ranks candidates by reward alone and needs a reward model",
         )
-    _require(r.hub_endpoint is None or bool(r.hub_namespace), "hub_endpoint", "needs `hub_namespace` to publish to")
+    _require(
+        r.hub_endpoint in (None, "offline", "none") or r.hub_endpoint.startswith(("http://", "https://")),
+        "hub_endpoint",
+        f"must be `offline`, `none` or an http(s) URL, got {r.hub_endpoint!r}",
+    )
+    _require(
+        r.hub_endpoint in (None, "offline", "none") or bool(r.hub_namespace),
+        "hub_namespace",
+        f"is needed to publish to {r.hub_endpoint}",
+    )
+    _require(r.checkpoint_push_interval >= 0, "checkpoint_push_interval", "must be >= 0 seconds")
     if r.hub_namespace:
         _require(
             "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
@@ -317,6 +356,26 @@ def validate(recipe: Recipe) -> None:
         _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
     _require(recipe.training.beta > 0, "beta", "must be > 0")
     _require(recipe.training.learning_rate > 0, "learning_rate", "must be > 0")
+
+
+def _validate_endpoints(r: RLRFArguments) -> None:
+    """Endpoint settings: a backend that needs URLs has them, and every URL and number is usable. URL values
+    (one URL, a comma list, or a list) become lists."""
+    dialects = ("auto", "tgi", "openai")
+    _require(r.policy_backend in FEEDBACK_BACKENDS, "policy_backend", f"must be one of {FEEDBACK_BACKENDS}")
+    _require(r.endpoint_dialect in dialects, "endpoint_dialect", f"must be one of {dialects}")
+    for backend_key, urls_key in (("feedback_backend", "feedback_endpoint"), ("policy_backend", "policy_endpoint")):
+        value = getattr(r, urls_key)
+        items = [value] if isinstance(value, str) else list(value or [])
+        urls = [url.strip() for item in items for url in str(item).split(",") if url.strip()]
+        setattr(r, urls_key, urls)
+        if getattr(r, backend_key) == "endpoint":
+            _require(bool(urls), urls_key, f"`{backend_key}: endpoint` needs at least one URL")
+        for url in urls:
+            _require(url.startswith(("http://", "https://")), urls_key, f"{url!r} is not an http(s) URL")
+    _require(r.endpoint_concurrency >= 1, "endpoint_concurrency", "must be >= 1")
+    _require(r.endpoint_timeout > 0, "endpoint_timeout", "must be > 0 seconds")
+    _require(r.endpoint_max_retries >= 0, "endpoint_max_retries", "must be >= 0")
 
 
 def _looks_like_hub_id(path: str) -> bool:

@@ -22,17 +22,36 @@ from .checkpoint import StageCheckpoint
 from .config import Recipe
 from .feedback import judge
 from .feedback.templates import TEMPLATES_SHA256
+from .models import cache_dir
 from .pairs import build_pairs
 from .prompts import build_prompts, check_prompt_lengths
 from .publishing import FolderPublisher, Published, Publisher
 from .refinements import refinement_jobs
 from .reward import attach_rewards
 from .sampling import sample_responses
+from .stage_keys import content_key, stage_settings
 from .training import METRICS_FILE
+
+OFFLINE_NAMESPACE = "local"
 
 
 class RunError(RuntimeError):
     """The loop cannot continue; the message says why and what to change."""
+
+
+def reusable(publisher: Publisher, found: Published | None, key: str) -> bool:
+    """Whether a published artifact was made from the inputs with content key `key` (then this run records it in
+    its `published.json` too); an error if it was not: published results are never replaced."""
+    if found is None:
+        return False
+    if found.content_key == key:
+        publisher.record(found)
+        return True
+    raise RunError(
+        f"{found.location} (iteration {found.iteration}, revision {found.revision}) was made from other inputs than "
+        f"this recipe gives (content key {found.content_key or 'missing'}, expected {key}). Published results are "
+        "never replaced: set another run_name to start a new run, or restore the recipe that made it."
+    )
 
 
 @dataclass
@@ -95,7 +114,8 @@ class Iteration:
         if t > 0 and adapter is None:
             raise RunError(f"iteration {t} needs the adapter of M{t}, which is not published")
         self.policy_adapter = adapter
-        self.backends = _Backends(recipe, adapter.location if adapter else None)
+        self.adapter_path = str(publisher.adapter_dir(t)) if adapter else None
+        self.backends = _Backends(recipe, self.adapter_path)
         self.by_id = {row["prompt_id"]: row for row in prompts}
         self.judge_stats: dict = {}
 
@@ -137,6 +157,12 @@ class Iteration:
             **extra,
         }
 
+    def _key(self, stage: str, parents: list[Published | None]) -> str:
+        """The content key of this iteration's `stage`; the policy's adapter is a parent of everything it makes."""
+        revisions = [p.revision if p else None for p in parents]
+        revisions.append(self.policy_adapter.revision if self.policy_adapter else None)
+        return content_key(stage, stage_settings(self.recipe, stage, self.t), revisions)
+
     def _sampling_params(self) -> SamplingParams:
         r = self.args
         return SamplingParams(
@@ -148,11 +174,12 @@ class Iteration:
         )
 
     def _sample_stage(self, stage: str, jobs, num_samples: int, parents: list[Published]) -> tuple[list, Published]:
+        key = self._key(stage, parents)
         found = self.publisher.find(stage, self.t)
-        if found:
+        if reusable(self.publisher, found, key):
             return list(self.publisher.load(stage, self.t)), found
         started = time.time()
-        checkpoint = StageCheckpoint(self.work / stage, stage)
+        checkpoint = StageCheckpoint(self.work / stage, stage, self.publisher.checkpoint_mirror(stage, self.t))
         origin = "candidate" if stage == "candidates" else "refinement"
         rows = sample_responses(
             jobs(),
@@ -164,7 +191,8 @@ class Iteration:
             checkpoint,
             sequences_per_chunk=2 * self.args.generation_batch_size,
         )
-        published = self.publisher.publish_dataset(stage, self.t, rows, self._lineage(stage, rows, parents, started))
+        lineage = self._lineage(stage, rows, parents, started, content_key=key)
+        published = self.publisher.publish_dataset(stage, self.t, rows, lineage)
         checkpoint.clear()
         return rows, published
 
@@ -188,7 +216,7 @@ class Iteration:
 
     def _aspects(self) -> dict[str, list[str]]:
         """The judge's aspect choice per prompt, made once per iteration and kept for refinements and resume."""
-        path = self.work / "aspects.json"
+        path = self.work / "feedback" / "aspects.json"
         if path.is_file():
             return json.loads(path.read_text())
         needs_judge = [p for p in self.prompts if p["task"] == "general" and self.args.aspect_mode == "paper"]
@@ -220,12 +248,14 @@ class Iteration:
 
     def _feedback_stage(self, candidates: list[dict], cand_pub: Published) -> tuple[list, list, Published]:
         """Rate the candidates, refine the best of each prompt, rate the refinements; publish all feedback."""
+        key = self._key("feedback", [cand_pub])
         found = self.publisher.find("feedback", self.t)
-        if found:
-            refinements, _ = self._load_or_empty("refinements")
+        if reusable(self.publisher, found, key):
+            refinements = self._published_refinements(cand_pub)
             return refinements, list(self.publisher.load("feedback", self.t)), found
         started = time.time()
-        checkpoint = StageCheckpoint(self.work / "feedback", "feedback")
+        mirror = self.publisher.checkpoint_mirror("feedback", self.t)
+        checkpoint = StageCheckpoint(self.work / "feedback", "feedback", mirror)
         feedback = self._rate(candidates, checkpoint)
         refinements, refine_pub = self._refine(candidates, feedback, cand_pub)
         feedback = self._rate(candidates + refinements, checkpoint)
@@ -239,15 +269,18 @@ class Iteration:
             parse_failure_rate=stats["parse_failure_rate"],
             tokens_generated=self.judge_stats.get("judge_tokens", 0),
             judge_requests=self.judge_stats.get("judge_requests", 0),
+            content_key=key,
         )
         published = self.publisher.publish_dataset("feedback", self.t, feedback, lineage)
         checkpoint.clear()
-        (self.work / "aspects.json").unlink(missing_ok=True)
         return refinements, feedback, published
 
-    def _load_or_empty(self, stage: str) -> tuple[list[dict], Published | None]:
-        found = self.publisher.find(stage, self.t)
-        return (list(self.publisher.load(stage, self.t)), found) if found else ([], None)
+    def _published_refinements(self, cand_pub: Published) -> list[dict]:
+        """The refinements under published feedback; none for the reward-only baseline, which refines nothing."""
+        found = self.publisher.find("refinements", self.t)
+        if not reusable(self.publisher, found, self._key("refinements", [cand_pub])):
+            return []
+        return list(self.publisher.load("refinements", self.t))
 
     def _refine(self, candidates, feedback, cand_pub) -> tuple[list[dict], Published | None]:
         if self.rule == "reward_only":
@@ -261,21 +294,25 @@ class Iteration:
         return rows, published
 
     def _pairs(self, candidates, refinements, feedback, feedback_pub) -> tuple[list[dict], Published]:
+        key = self._key("pairs", [feedback_pub])
         found = self.publisher.find("pairs", self.t)
-        if found:
+        if reusable(self.publisher, found, key):
             return list(self.publisher.load("pairs", self.t)), found
         started = time.time()
         pairs = build_pairs(
             self.rule, self.by_id, candidates + refinements, feedback, self.args.top_k, self.args.pairing_seed, self.t
         )
-        lineage = self._lineage("pairs", pairs, [feedback_pub], started, pairing=self.rule, top_k=self.args.top_k)
+        lineage = self._lineage(
+            "pairs", pairs, [feedback_pub], started, pairing=self.rule, top_k=self.args.top_k, content_key=key
+        )
         return pairs, self.publisher.publish_dataset("pairs", self.t, pairs, lineage)
 
     def _train(self, pairs: list[dict], pairs_pub: Published) -> dict:
         model_index = self.t + 1
+        key = self._key("adapter", [pairs_pub])
         found = self.publisher.find_adapter(model_index)
         metrics_path = self.publisher.adapter_dir(model_index) / METRICS_FILE
-        if found and metrics_path.is_file():
+        if reusable(self.publisher, found, key) and metrics_path.is_file():
             return json.loads(metrics_path.read_text())["metrics"]
         if not pairs:
             raise RunError(
@@ -289,7 +326,7 @@ class Iteration:
         from .training import train_adapter
 
         method = "rs" if self.rule == "rs" else "dpo"
-        previous = self.policy_adapter.location if self.policy_adapter else None
+        previous = self.adapter_path
         reference = previous if self.args.reference_model == "previous" else None
         result = train_adapter(
             Dataset.from_list(pairs, features=PAIRS),
@@ -300,16 +337,20 @@ class Iteration:
             method=method,
         )
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
-        self._publish_adapter(model_index, pairs, pairs_pub, metrics, method, reference)
+        self._publish_adapter(model_index, pairs, pairs_pub, metrics, method, key)
         return metrics
 
-    def _publish_adapter(self, model_index, pairs, pairs_pub, metrics, method, reference) -> None:
-        lineage = self._lineage("adapter", [], [pairs_pub], time.time(), counts={"pairs": len(pairs)})
+    def _publish_adapter(self, model_index, pairs, pairs_pub, metrics, method, key) -> None:
+        lineage = self._lineage("adapter", [], [pairs_pub], time.time(), counts={"pairs": len(pairs)}, content_key=key)
+        previous = self.policy_adapter
+        reference = "M0 (the base model)"
+        if previous and self.args.reference_model == "previous":
+            reference = f"M{self.t} ({previous.location}@{previous.revision})"
         lineage.update(
             model_name=f"M{model_index}",
             method=method,
             trained_from=f"M{self.t}" if self.t else "M0 (the base model)",
-            reference_model=f"the adapter at {reference}" if reference else "M0 (the base model)",
+            reference_model=reference,
         )
         t = self.recipe.training
         m = self.recipe.model
@@ -351,8 +392,8 @@ class Iteration:
 
 def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
     """Build and validate the prompts (before any model work) and publish them once."""
-    found = publisher.find("prompts", 0)
-    if found:
+    key = content_key("prompts", stage_settings(recipe, "prompts", 0), [])
+    if reusable(publisher, publisher.find("prompts", 0), key):
         return list(publisher.load("prompts", 0))
     prompts = build_prompts(recipe.rlrf.prompt_sources)
     from transformers import AutoConfig
@@ -374,27 +415,49 @@ def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
         "iteration": 0,
         "sources": [asdict(s) for s in recipe.rlrf.prompt_sources],
         "counts": {"rows": len(prompts), **Counter(row["task"] for row in prompts)},
+        "content_key": key,
     }
     publisher.publish_dataset("prompts", 0, prompts, lineage)
     return prompts
 
 
 def make_publisher(recipe: Recipe) -> Publisher:
-    """Folders under `output_dir`, or the Hub named by `hub_namespace` (`hub_endpoint: offline`: a local one)."""
+    """The Hub the recipe names, the offline Hub when it names none, or plain folders for `hub_endpoint: none`."""
     args = recipe.rlrf
-    if not args.hub_namespace:
+    endpoint = args.hub_endpoint
+    if endpoint == "none":
         return FolderPublisher(recipe.output_dir)
     from .hub.publisher import HubPublisher
 
-    endpoint = args.hub_endpoint
-    if endpoint == "offline":
-        from .hub import serve
-
-        _, endpoint = serve(recipe.output_dir / "hub-store")
-        print(f"offline Hub for this run at {endpoint} (store: {recipe.output_dir / 'hub-store'})", flush=True)
+    namespace = args.hub_namespace
+    if endpoint == "offline" or (endpoint is None and not namespace):
+        endpoint = offline_hub(Path(args.hub_store) if args.hub_store else cache_dir() / "hub")
+        namespace = namespace or OFFLINE_NAMESPACE
     return HubPublisher(
-        args.hub_namespace, recipe.run_name, recipe.output_dir, endpoint=endpoint, token=os.environ.get("HF_TOKEN")
+        namespace,
+        recipe.run_name,
+        recipe.output_dir,
+        endpoint=endpoint,
+        token=os.environ.get("HF_TOKEN"),
+        checkpoint_interval=args.checkpoint_push_interval,
     )
+
+
+def offline_hub(store: Path) -> str:
+    """The URL of a `rlrf-hub hub serve` already running over `store`, or of a server started for this run."""
+    from .hub.server import running_server, serve
+
+    url = running_server(store)
+    if url:
+        print(f"publishing to the offline Hub at {url} (store: {store})", flush=True)
+        return url
+    _, url = serve(store)
+    print(
+        f"publishing to an offline Hub started for this run at {url} (store: {store}); to read the results after "
+        f"the run, serve the store with `rlrf-hub hub serve --root {store}` and set HF_ENDPOINT to its URL",
+        flush=True,
+    )
+    return url
 
 
 def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSummary]:

@@ -24,20 +24,41 @@ from .schemas import FEATURES, to_dataset
 
 @dataclass(frozen=True)
 class Published:
+    """Where an artifact went. `content_key` is the key of the inputs it was made from (see `stage_keys`)."""
+
     kind: str  # "dataset" or "adapter"
     name: str  # stage name, or "M<t>" for adapters
     iteration: int
     location: str
     revision: str
+    content_key: str | None = None
+
+
+class CheckpointMirror(Protocol):
+    """A copy of a stage's unfinished work somewhere other machines can read it."""
+
+    def pull(self, folder: Path) -> None: ...
+    def push(self, folder: Path, force: bool = False) -> None: ...
+    def discard(self) -> None: ...
 
 
 class Publisher(Protocol):
     def find(self, stage: str, iteration: int) -> Published | None: ...
     def load(self, stage: str, iteration: int) -> Dataset: ...
     def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published: ...
+    def checkpoint_mirror(self, stage: str, iteration: int) -> CheckpointMirror | None: ...
     def adapter_dir(self, model_index: int) -> Path: ...
     def find_adapter(self, model_index: int) -> Published | None: ...
     def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published: ...
+    def record(self, published: Published) -> None: ...
+
+
+def card_content_key(card_path: Path) -> str | None:
+    """The `rlrf.content_key` of a card's metadata, if the card has one."""
+    from huggingface_hub import metadata_load
+
+    metadata = metadata_load(card_path) if card_path.is_file() else None
+    return ((metadata or {}).get("rlrf") or {}).get("content_key")
 
 
 def _content_sha(paths: list[Path]) -> str:
@@ -109,7 +130,8 @@ class FolderPublisher:
         shards = sorted((folder / "data").glob("train-*.parquet"))
         if not (folder / "README.md").is_file() or not shards:
             return None
-        return Published("dataset", stage, iteration, str(folder), _content_sha(shards))
+        key = card_content_key(folder / "README.md")
+        return Published("dataset", stage, iteration, str(folder), _content_sha(shards), key)
 
     def load(self, stage: str, iteration: int) -> Dataset:
         return load_dataset(str(self.dataset_dir(stage, iteration)), split="train", features=FEATURES[stage])
@@ -118,15 +140,20 @@ class FolderPublisher:
         target = self.dataset_dir(stage, iteration)
         write_stage_folder(target, stage, rows, lineage, str(target))
         published = self.find(stage, iteration)
-        self._record(published)
+        self.record(published)
         return published
+
+    def checkpoint_mirror(self, stage: str, iteration: int) -> None:
+        """Local folders have no remote copy: the checkpoint under `output_dir` is the only one."""
+        return None
 
     def find_adapter(self, model_index: int) -> Published | None:
         folder = self.adapter_dir(model_index)
         weights = sorted(folder.glob("adapter_model.*"))
         if not weights or not (folder / "README.md").is_file():
             return None
-        return Published("adapter", f"M{model_index}", model_index, str(folder), _content_sha(weights))
+        key = card_content_key(folder / "README.md")
+        return Published("adapter", f"M{model_index}", model_index, str(folder), _content_sha(weights), key)
 
     def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published:
         """The trainer wrote the adapter into `adapter_dir`; the card completes it."""
@@ -136,8 +163,9 @@ class FolderPublisher:
         card.save(tmp)
         os.replace(tmp, folder / "README.md")
         published = self.find_adapter(model_index)
-        self._record(published)
+        self.record(published)
         return published
 
-    def _record(self, published: Published) -> None:
+    def record(self, published: Published) -> None:
+        """List `published` in `published.json`."""
         record_published(self.root / "published.json", published)

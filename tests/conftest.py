@@ -32,7 +32,8 @@ def write_recipe(path: Path, **values) -> Path:
 
 
 def tiny_recipe(data: Path, output_dir: Path, **overrides) -> dict:
-    """A recipe for the whole loop on the tiny model: real prompts, tiny sizes."""
+    """A recipe for the whole loop on the tiny model: real prompts, tiny sizes, published as local folders
+    (`hub_endpoint: none`) unless a test asks for a Hub."""
     recipe = {
         "run_name": "tiny",
         "output_dir": str(output_dir),
@@ -82,6 +83,7 @@ def tiny_recipe(data: Path, output_dir: Path, **overrides) -> dict:
         "report_to": "none",
         "use_cpu": True,
         "bf16": False,
+        "hub_endpoint": "none",
     }
     recipe.update(overrides)
     return recipe

@@ -7,7 +7,6 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import datasets
 import pytest
@@ -223,12 +222,13 @@ def test_adapter_is_a_tagged_commit_that_peft_loads(hub, tmp_path, tiny_model):
     fresh = HubPublisher("carol", "run", tmp_path / "fresh", endpoint=hub)
     found = fresh.find_adapter(1)
     assert found.revision == published.revision and fresh.find_adapter(2) is None
-    card = ModelCard.load(Path(found.location) / "README.md")
+    assert found.location == "carol/run-adapter", "the card names the adapter by its repo, not a local path"
+    card = ModelCard.load(fresh.adapter_dir(1) / "README.md")
     assert card.data.rlrf["parents"][0]["revision"] == "a" * 40 and card.data.base_model == "tiny"
-    assert (Path(found.location) / "adapter_config.json").is_file()
+    assert (fresh.adapter_dir(1) / "adapter_config.json").is_file()
     again = fresh.publish_adapter(1, lineage, {"train_loss": 0.69}, {"beta": 0.1})
     assert again.revision == published.revision, "re-publishing the downloaded adapter is a no-op"
     entry = json.loads((tmp_path / "work" / "published.json").read_text())[0]
     assert entry["repo_id"] == "carol/run-adapter" and entry["repo_type"] == "model" and entry["tag"] == "iter-1"
-    assert entry["location"] == str(publisher.adapter_dir(1)) and entry["revision"] == published.revision
+    assert entry["location"] == "carol/run-adapter" and entry["revision"] == published.revision
     assert TOKEN not in card.content + json.dumps(entry)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from conftest import tiny_recipe, write_recipe
@@ -167,60 +166,6 @@ def test_rs_then_reward_only_with_a_reward_model(tmp_path, data_dir, tiny_model)
     assert all(row["judge"] in (None, "") for row in feedback), "the baseline asks no judge"
     assert summaries[1].refinements == 0 and summaries[1].pairs == len(baseline)
     assert (out / "adapters" / "M2" / "adapter_config.json").is_file()
-
-
-def test_a_run_published_to_the_offline_hub_loads_by_tag_in_a_fresh_process(tmp_path, data_dir, tiny_model):
-    """`hub_namespace` publishes stages and adapters to a Hub (here one started by the test on a free port)."""
-    import subprocess
-    import sys
-
-    from rlrf_hub.hub import serve
-
-    server, url = serve(tmp_path / "store")
-    try:
-        recipe = tiny_recipe(data_dir, tmp_path / "out", num_iterations=1, hub_namespace="team", hub_endpoint=url)
-        assert main(["run", "--config", str(write_recipe(tmp_path / "r.yaml", **recipe))]) == 0
-        script = (
-            "import os, sys\n"
-            "from datasets import load_dataset\n"
-            "from peft import PeftModel\n"
-            "from rlrf_hub.models import load_causal_lm\n"
-            "for stage in ('candidates', 'feedback', 'refinements', 'pairs'):\n"
-            "    rows = load_dataset(f'team/tiny-{stage}', revision='iter-0', split='train')\n"
-            "    assert len(rows) > 0, stage\n"
-            "base = load_causal_lm('embedded:tiny')\n"
-            "model = PeftModel.from_pretrained(base, 'team/tiny-adapter', revision='iter-1')\n"
-            "print('loaded', len(rows))\n"
-        )
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": url,
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
-            "HF_DATASETS_CACHE": str(tmp_path / "ds-cache"),
-        }
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        entries = json.loads((tmp_path / "out" / "published.json").read_text())
-        assert {e["repo_id"] for e in entries} >= {"team/tiny-pairs", "team/tiny-adapter"}
-        from rlrf_hub.lineage import walk
-
-        stages = [node.stage for node in walk("team/tiny-adapter", "iter-1")]
-        assert stages[:3] == ["M1", "pairs", "feedback"] and "prompts" in stages
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_offline_hub_started_for_the_run_keeps_the_results_across_restarts(tmp_path, data_dir, tiny_model, capsys):
-    recipe = tiny_recipe(data_dir, tmp_path / "out", num_iterations=1, hub_namespace="me", hub_endpoint="offline")
-    path = write_recipe(tmp_path / "r.yaml", **recipe)
-    assert main(["run", "--config", str(path)]) == 0
-    assert "offline Hub for this run at http://127.0.0.1:" in capsys.readouterr().out
-    published = (tmp_path / "out" / "published.json").read_text()
-    assert (tmp_path / "out" / "hub-store").is_dir()
-    assert main(["run", "--config", str(path)]) == 0, "a new server over the same store finds every stage"
-    assert (tmp_path / "out" / "published.json").read_text() == published
 
 
 def test_lineage_lists_an_unreachable_parent_instead_of_failing(tmp_path):

@@ -20,8 +20,9 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ..cards import adapter_card
-from ..publishing import Published, record_published, write_stage_folder
+from ..publishing import Published, card_content_key, record_published, write_stage_folder
 from ..schemas import FEATURES
+from .checkpoints import HubCheckpointMirror, checkpoint_branch
 
 PUBLIC_HUB_HOST = "huggingface.co"
 GITATTRIBUTES = ".gitattributes"
@@ -70,10 +71,17 @@ class HubPublisher:
             offline Hub) is also set as this process's endpoint for `datasets` and `huggingface_hub` downloads,
             which have no per-call endpoint, and Xet uploads are turned off for it.
         token: write token; None uses the one the HF clients find themselves. It is kept only inside `HfApi`.
+        checkpoint_interval: least seconds between two pushes of a stage's unfinished work (`checkpoints`).
     """
 
     def __init__(
-        self, namespace: str, run_name: str, work_dir: Path, endpoint: str | None = None, token: str | None = None
+        self,
+        namespace: str,
+        run_name: str,
+        work_dir: Path,
+        endpoint: str | None = None,
+        token: str | None = None,
+        checkpoint_interval: float = 60.0,
     ):
         if endpoint is not None and urlsplit(endpoint).hostname != PUBLIC_HUB_HOST:
             from .server import configure_clients
@@ -82,6 +90,7 @@ class HubPublisher:
         self.namespace, self.run_name = namespace, run_name
         self.work_dir = Path(work_dir)
         self.api = HfApi(endpoint=endpoint, token=token)
+        self.checkpoint_interval = checkpoint_interval
 
     def __repr__(self) -> str:
         return f"HubPublisher({self.namespace!r}, {self.run_name!r}, endpoint={self.api.endpoint!r})"
@@ -92,8 +101,12 @@ class HubPublisher:
 
     # Datasets ------------------------------------------------------------------------------------------------------
     def find(self, stage: str, iteration: int) -> Published | None:
-        sha = self._tagged_commit(self.repo_id(stage), "dataset", _stage_iteration(stage, iteration))
-        return None if sha is None else Published("dataset", stage, iteration, self.repo_id(stage), sha)
+        repo_id = self.repo_id(stage)
+        sha = self._tagged_commit(repo_id, "dataset", _stage_iteration(stage, iteration))
+        if sha is None:
+            return None
+        card = self.api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=sha)
+        return Published("dataset", stage, iteration, repo_id, sha, card_content_key(Path(card)))
 
     def load(self, stage: str, iteration: int) -> Dataset:
         found = self.find(stage, iteration)
@@ -113,9 +126,14 @@ class HubPublisher:
             sha = self._commit_and_tag(repo_id, "dataset", staged, t, f"{stage} of iteration {t}")
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-        published = Published("dataset", stage, iteration, repo_id, sha)
-        self._record(published, repo_id, "dataset", t)
+        published = Published("dataset", stage, iteration, repo_id, sha, lineage.get("content_key"))
+        self.record(published)
         return published
+
+    def checkpoint_mirror(self, stage: str, iteration: int) -> HubCheckpointMirror:
+        return HubCheckpointMirror(
+            self.api, self.repo_id(stage), "dataset", checkpoint_branch(iteration), self.checkpoint_interval
+        )
 
     # Adapters ------------------------------------------------------------------------------------------------------
     def adapter_dir(self, model_index: int) -> Path:
@@ -127,8 +145,9 @@ class HubPublisher:
         sha = self._tagged_commit(repo_id, "model", model_index)
         if sha is None:
             return None
-        folder = self.api.snapshot_download(repo_id, revision=sha, local_dir=self.adapter_dir(model_index))
-        return Published("adapter", f"M{model_index}", model_index, str(folder), sha)
+        folder = Path(self.api.snapshot_download(repo_id, revision=sha, local_dir=self.adapter_dir(model_index)))
+        key = card_content_key(folder / "README.md")
+        return Published("adapter", f"M{model_index}", model_index, repo_id, sha, key)
 
     def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published:
         """The trainer wrote the adapter into `adapter_dir`; add the card and push the folder as one commit."""
@@ -139,12 +158,20 @@ class HubPublisher:
         card.save(tmp)
         tmp.replace(folder / "README.md")
         sha = self._commit_and_tag(repo_id, "model", folder, model_index, f"M{model_index}")
-        published = Published("adapter", f"M{model_index}", model_index, str(folder), sha)
-        self._record(published, repo_id, "model", model_index)
+        published = Published("adapter", f"M{model_index}", model_index, repo_id, sha, lineage.get("content_key"))
+        self.record(published)
         return published
 
-    def _record(self, published: Published, repo_id: str, repo_type: str, iteration: int) -> None:
-        details = {"repo_id": repo_id, "repo_type": repo_type, "tag": iteration_tag(iteration)}
+    def record(self, published: Published) -> None:
+        """List `published` in `published.json` with its repo, repo type and tag."""
+        adapter = published.kind == "adapter"
+        details = {
+            "repo_id": published.location,
+            "repo_type": "model" if adapter else "dataset",
+            "tag": iteration_tag(
+                published.iteration if adapter else _stage_iteration(published.name, published.iteration)
+            ),
+        }
         record_published(self.work_dir / "published.json", published, **details)
 
     # Commits and tags ----------------------------------------------------------------------------------------------

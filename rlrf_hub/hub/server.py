@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import sys
@@ -19,6 +20,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.request import urlopen
 
 from .store import CHUNK_SIZE, Commit, Operation, Store, StoreError
 
@@ -38,6 +40,8 @@ LFS_SUFFIXES = (
 LFS_MIN_SIZE = 10 * 1024 * 1024
 API_REPO = re.compile(r"^/api/(models|datasets)/(?P<rest>.+)$")
 LFS_BATCH = re.compile(r"^/(?:(datasets)/)?(?P<repo>[^/]+(?:/[^/]+)?)\.git/info/lfs/objects/batch$")
+SERVER_FILE = "server.json"
+STORE_INFO = "/api/rlrf-hub/store"
 API_ACTIONS = ("revision", "tree", "paths-info", "preupload", "commit", "refs", "commits", "branch", "tag")
 
 
@@ -190,6 +194,8 @@ class HubHandler(BaseHTTPRequestHandler):
             repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
             self.store.delete_repo(body.get("type") or "model", repo_id)
             return self._json({})
+        if path == STORE_INFO:
+            return self._json({"root": str(self.store.root.resolve())})
         if path == "/api/whoami-v2":
             return self._json({"type": "user", "name": "offline", "fullname": "offline", "orgs": [], "auth": {}})
         if path.startswith("/lfs-upload/") and method == "PUT":
@@ -490,14 +496,37 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0, token: str |
 
 
 def run_forever(root: str | Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+    """Serve until interrupted, announcing the URL in `<root>/server.json` so runs over the same store reuse it."""
     server = HubServer((host, port), Store(root), token)
-    print(f"offline Hub serving {Path(root).resolve()} at http://{host}:{server.server_address[1]}", flush=True)
+    url = f"http://{host}:{server.server_address[1]}"
+    announcement = Path(root) / SERVER_FILE
+    _write_json(announcement, {"url": url, "pid": os.getpid()})
+    print(f"offline Hub serving {Path(root).resolve()} at {url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if running_server(root) is None:
+            announcement.unlink(missing_ok=True)
+
+
+def running_server(root: str | Path) -> str | None:
+    """The URL of a live `rlrf-hub hub serve` over `root`, if `<root>/server.json` names one that answers for it."""
+    try:
+        url = json.loads((Path(root) / SERVER_FILE).read_text())["url"]
+        with urlopen(f"{url}{STORE_INFO}", timeout=2) as response:
+            served = json.load(response)["root"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if Path(served) == Path(root).resolve() else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,18 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def configure_clients(url: str) -> None:
     """Point the already-imported (or future) HF clients of this process at `url` and turn Xet uploads off.
 
     Some modules copy the endpoint when imported (`constants.HUGGINGFACE_CO_URL_TEMPLATE`, `datasets.config`, the
     module-level `HfApi`), so setting `HF_ENDPOINT` after an HF import is not enough on its own.
     """
-    import os
-
     url = url.rstrip("/")
     os.environ["HF_ENDPOINT"] = url
     os.environ["HF_HUB_DISABLE_XET"] = "1"
@@ -537,3 +560,7 @@ def configure_clients(url: str) -> None:
         import datasets.config
 
         datasets.config.HF_ENDPOINT = url
+
+
+if __name__ == "__main__":
+    sys.exit(main())
