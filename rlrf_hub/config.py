@@ -65,7 +65,9 @@ class RLRFArguments:
 
     Parameters that control the prompts:
         prompt_sources: list of `PromptSource` mappings (see that class).
-        max_prompt_tokens: prompts longer than this (chat template applied) are an error.
+        max_prompt_tokens: the longest prompt (chat template applied) the run accepts.
+        long_prompts: `error` (a longer prompt stops the run before any generation) or `drop` (longer prompts are
+            left out and counted on the prompts card).
 
     Parameters that control sampling (paper: n = 10 candidates, m = 20 refinements):
         num_candidates: n, responses sampled per prompt from the current policy.
@@ -128,10 +130,22 @@ class RLRFArguments:
         hub_store: the offline Hub's storage folder (default: `$RLRF_HUB_CACHE/hub`, i.e. `~/.cache/rlrf-hub/hub`).
         checkpoint_push_interval: seconds between pushes of a stage's unfinished work to a `checkpoints/iter-<t>`
             branch of its repo, so a run restarted on another machine continues from it (0: after every chunk).
+
+    Parameters that control evaluation (after each iteration, M0 with M1; results go on the adapter's card):
+        eval_tasks: benchmarks among `gsm8k`, `factscore`, `just_eval`; empty: no evaluation.
+        eval_limit: at most this many items per benchmark (unset: all).
+        eval_judge: judge of FactScore and Just-Eval: a model (`NAME[@REV]`, in process) or an http(s) URL;
+            unset: the feedback model, through the feedback stage's backend.
+        eval_knowledge_source: FactScore's knowledge source (`{title, text}` rows, or `{title: text}` JSON).
+        eval_gsm8k_data / eval_just_eval_data: benchmark data (file, folder or Hub id); unset: the copies under
+            `../shared/data` when present, else `openai/gsm8k` and `re-align/just-eval-instruct`.
+        eval_judge_template: Just-Eval judge template file or folder (unset: the shipped one).
+        eval_max_new_tokens: answer length limit during evaluation (greedy decoding).
     """
 
     prompt_sources: list[PromptSource] = field(default_factory=list)
     max_prompt_tokens: int = 512
+    long_prompts: str = "error"
 
     num_candidates: int = 10
     num_refinements: int = 20
@@ -176,10 +190,21 @@ class RLRFArguments:
     hub_store: str | None = None
     checkpoint_push_interval: float = 60.0
 
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_limit: int | None = None
+    eval_judge: str | None = None
+    eval_knowledge_source: str | None = None
+    eval_gsm8k_data: str | None = None
+    eval_just_eval_data: str | None = None
+    eval_judge_template: str | None = None
+    eval_max_new_tokens: int = 256
+
     def __post_init__(self) -> None:
         self.prompt_sources = [_as_source(s, i) for i, s in enumerate(self.prompt_sources)]
         if isinstance(self.verifier_tasks, str):
             self.verifier_tasks = [t for t in self.verifier_tasks.split(",") if t]
+        if isinstance(self.eval_tasks, str):
+            self.eval_tasks = [t.strip() for t in self.eval_tasks.split(",") if t.strip()]
 
     def pairing_for(self, iteration: int) -> str:
         rules = [r.strip() for r in self.pairing.split(",")]
@@ -345,7 +370,9 @@ def validate(recipe: Recipe) -> None:
         "hub_namespace",
         f"is needed to publish to {r.hub_endpoint}",
     )
+    _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
     _require(r.checkpoint_push_interval >= 0, "checkpoint_push_interval", "must be >= 0 seconds")
+    _validate_evaluation(r)
     if r.hub_namespace:
         _require(
             "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
@@ -376,6 +403,20 @@ def _validate_endpoints(r: RLRFArguments) -> None:
     _require(r.endpoint_concurrency >= 1, "endpoint_concurrency", "must be >= 1")
     _require(r.endpoint_timeout > 0, "endpoint_timeout", "must be > 0 seconds")
     _require(r.endpoint_max_retries >= 0, "endpoint_max_retries", "must be >= 0")
+
+
+def _validate_evaluation(r: RLRFArguments) -> None:
+    from .evaluation.runner import TASKS
+
+    for task in r.eval_tasks:
+        _require(task in TASKS, "eval_tasks", f"{task!r} is not one of {TASKS}")
+    _require(r.eval_limit is None or r.eval_limit >= 1, "eval_limit", f"must be >= 1, got {r.eval_limit}")
+    _require(
+        "factscore" not in r.eval_tasks or bool(r.eval_knowledge_source),
+        "eval_knowledge_source",
+        "FactScore checks facts against a knowledge source: give a file, folder or Hub dataset id",
+    )
+    _require(r.eval_max_new_tokens >= 1, "eval_max_new_tokens", "must be >= 1")
 
 
 def _looks_like_hub_id(path: str) -> bool:

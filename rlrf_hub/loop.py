@@ -19,13 +19,13 @@ from .aspects import rubric_sha256
 from .backends import SamplingParams, factory
 from .candidates import candidate_jobs
 from .checkpoint import StageCheckpoint
-from .config import Recipe
+from .config import Recipe, RecipeError
 from .feedback import judge
 from .feedback.templates import TEMPLATES_SHA256
 from .models import cache_dir
 from .pairs import build_pairs
 from .prompts import build_prompts, check_prompt_lengths
-from .publishing import FolderPublisher, Published, Publisher
+from .publishing import OFFLINE_STORE_FILE, FolderPublisher, Published, Publisher
 from .refinements import refinement_jobs
 from .reward import attach_rewards
 from .sampling import sample_responses
@@ -408,13 +408,18 @@ def prepare_prompts(recipe: Recipe, publisher: Publisher) -> list[dict]:
 
     context = getattr(AutoConfig.from_pretrained(resolve_model(name), revision=revision), "max_position_embeddings", 0)
     room = context - recipe.rlrf.max_new_tokens if context else None
-    check_prompt_lengths(prompts, count, recipe.rlrf.max_prompt_tokens, room)
+    built = len(prompts)
+    prompts = check_prompt_lengths(
+        prompts, count, recipe.rlrf.max_prompt_tokens, room, drop=recipe.rlrf.long_prompts == "drop"
+    )
+    if not prompts:
+        raise RecipeError(f"long_prompts: all {built} prompts are longer than max_prompt_tokens; none is left")
     lineage = {
         "run": recipe.run_name,
         "stage": "prompts",
         "iteration": 0,
         "sources": [asdict(s) for s in recipe.rlrf.prompt_sources],
-        "counts": {"rows": len(prompts), **Counter(row["task"] for row in prompts)},
+        "counts": {"rows": len(prompts), "too_long": built - len(prompts), **Counter(row["task"] for row in prompts)},
         "content_key": key,
     }
     publisher.publish_dataset("prompts", 0, prompts, lineage)
@@ -431,8 +436,11 @@ def make_publisher(recipe: Recipe) -> Publisher:
 
     namespace = args.hub_namespace
     if endpoint == "offline" or (endpoint is None and not namespace):
-        endpoint = offline_hub(Path(args.hub_store) if args.hub_store else cache_dir() / "hub")
+        store = Path(args.hub_store) if args.hub_store else cache_dir() / "hub"
+        endpoint = offline_hub(store)
         namespace = namespace or OFFLINE_NAMESPACE
+        recipe.output_dir.mkdir(parents=True, exist_ok=True)
+        (recipe.output_dir / OFFLINE_STORE_FILE).write_text(json.dumps({"store": str(store.resolve())}) + "\n")
     return HubPublisher(
         namespace,
         recipe.run_name,
@@ -468,11 +476,15 @@ def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSum
     for t in range(recipe.rlrf.num_iterations):
         path = recipe.output_dir / f"iter-{t}" / "summary.json"
         if path.is_file() and publisher.find_adapter(t + 1):
-            summaries.append(IterationSummary(**json.loads(path.read_text())))
-            continue
-        summary = Iteration(recipe, publisher, prompts, t).run()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(summary), indent=2))
+            summary = IterationSummary(**json.loads(path.read_text()))
+        else:
+            summary = Iteration(recipe, publisher, prompts, t).run()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(asdict(summary), indent=2))
         summaries.append(summary)
+        if recipe.rlrf.eval_tasks:
+            from .evaluation.iteration import evaluate_iteration
+
+            evaluate_iteration(recipe, publisher, t + 1)
     Path(recipe.output_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
     return summaries

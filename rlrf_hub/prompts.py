@@ -52,6 +52,8 @@ def _prompt_text(row: dict, source: PromptSource, where: str) -> str:
         text = source.prompt_template.format(**row) if source.prompt_template else row[source.prompt_field]
     except KeyError as err:
         raise RecipeError(f"{where}: rows of {source.path} have no field {err.args[0]!r}") from None
+    except (IndexError, TypeError, ValueError, AttributeError) as err:
+        raise RecipeError(f"{where}.prompt_template cannot be filled from a row of {source.path}: {err}") from None
     if not isinstance(text, str) or not text.strip():
         raise RecipeError(f"{where}: empty prompt in {source.path}")
     return normalise_prompt(text)
@@ -102,8 +104,11 @@ def build_prompts(sources: list[PromptSource]) -> list[dict]:
     return prompts
 
 
-def check_prompt_lengths(prompts: list[dict], count_tokens, max_tokens: int, context: int | None = None) -> None:
-    """A prompt that does not fit the context budget is a recipe error, found before any generation.
+def check_prompt_lengths(
+    prompts: list[dict], count_tokens, max_tokens: int, context: int | None = None, drop: bool = False
+) -> list[dict]:
+    """The prompts that fit the context budget. One that does not is a recipe error, found before any generation,
+    or with `drop` left out (the caller counts what is missing).
 
     The budget is `max_prompt_tokens`, and never more than the policy's context (`context`, which already
     leaves room for `max_new_tokens`).
@@ -111,10 +116,14 @@ def check_prompt_lengths(prompts: list[dict], count_tokens, max_tokens: int, con
     field, limit = "max_prompt_tokens", max_tokens
     if context is not None and context < max_tokens:
         field, limit = "max_new_tokens", context
+    kept = []
     for row in prompts:
         length = count_tokens([{"role": "user", "content": row["prompt"]}])
-        if length > limit:
+        if length <= limit:
+            kept.append(row)
+        elif not drop:
             raise RecipeError(
                 f"{field}: prompt {row['prompt_id']} from {row['source']} has {length} tokens, more than the "
                 f"{limit} that fit (max_prompt_tokens {max_tokens}, context {context}): {row['prompt'][:80]!r}..."
             )
+    return kept

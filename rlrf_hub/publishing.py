@@ -21,6 +21,8 @@ from datasets import Dataset, load_dataset
 from .cards import adapter_card, dataset_card
 from .schemas import FEATURES, to_dataset
 
+OFFLINE_STORE_FILE = "hub.json"
+
 
 @dataclass(frozen=True)
 class Published:
@@ -51,6 +53,12 @@ class Publisher(Protocol):
     def find_adapter(self, model_index: int) -> Published | None: ...
     def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published: ...
     def record(self, published: Published) -> None: ...
+
+
+def offline_store(output_dir: Path) -> Path | None:
+    """The offline Hub store a run published to, as its `hub.json` records; None for any other run."""
+    path = Path(output_dir) / OFFLINE_STORE_FILE
+    return Path(json.loads(path.read_text())["store"]) if path.is_file() else None
 
 
 def card_content_key(card_path: Path) -> str | None:

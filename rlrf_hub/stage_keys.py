@@ -38,7 +38,7 @@ TRAINING = (
     "beta",
     "learning_rate",
     "lr_scheduler_type",
-    "warmup_ratio",
+    "warmup_steps",
     "max_steps",
     "num_train_epochs",
     "per_device_train_batch_size",
@@ -57,7 +57,11 @@ def stage_settings(recipe: Recipe, stage: str, iteration: int) -> dict:
     """The recipe values a stage's output depends on."""
     r, m, t = recipe.rlrf, recipe.model, recipe.training
     if stage == "prompts":
-        return {"prompt_sources": [asdict(source) for source in r.prompt_sources]}
+        return {
+            "prompt_sources": [asdict(source) for source in r.prompt_sources],
+            "max_prompt_tokens": r.max_prompt_tokens,
+            "long_prompts": r.long_prompts,
+        }
     policy = {"model": m.model_name_or_path, "revision": m.model_revision, "seed": t.seed, "iteration": iteration}
     rule = r.pairing_for(iteration)
     if stage == "candidates":

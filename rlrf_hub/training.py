@@ -197,12 +197,14 @@ def _load_policy(model_args, args, init_adapter: str | None):
 def _device_map(args) -> dict | None:
     """bitsandbytes quantizes while loading, so a 4-bit base is placed on this process's accelerator right away.
 
-    DeepSpeed and FSDP place parameters themselves and need `None`.
+    DeepSpeed and FSDP place parameters themselves and need `None`, whether they come from the training arguments
+    or from `accelerate launch --config_file`.
     """
-    from accelerate import PartialState
+    from accelerate import DistributedType, PartialState
 
     state = PartialState()
-    if args.use_cpu or state.device.type == "cpu" or args.deepspeed or args.fsdp:
+    sharded = state.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    if args.use_cpu or state.device.type == "cpu" or args.deepspeed or args.fsdp or sharded:
         return None
     return {"": state.local_process_index}
 

@@ -100,16 +100,8 @@ def test_cli_rejects_unknown_key(tmp_path, data_dir, capsys):
 
 
 LOOP_RECIPES = sorted(
-    p for p in (REPO / "recipes").glob("*/*.yaml") if p.name != "dpo.yaml" and p.parent.name != "accelerate_configs"
+    p for p in (REPO / "recipes" / "smollm2-135m-cpu").glob("*.yaml") if p.stem not in ("dpo", "sft", "reward")
 )
-
-
-@pytest.mark.parametrize("recipe", LOOP_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_shipped_recipes_parse(recipe, monkeypatch):
-    """Loop recipes; `dpo.yaml` files are parsed and smoke-run by tests/test_training.py with recipes/dpo.py."""
-    monkeypatch.chdir(REPO)
-    parsed = parse_recipe(["--config", str(recipe)])
-    assert parsed.rlrf.prompt_sources
 
 
 def test_help_explains_every_subcommand(capsys):
@@ -119,6 +111,9 @@ def test_help_explains_every_subcommand(capsys):
         ["summary", "--help"],
         ["hub", "serve", "--help"],
         ["lineage", "--help"],
+        ["serve", "--help"],
+        ["evaluate", "--help"],
+        ["report", "--help"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -161,6 +156,7 @@ def test_shipped_recipes_smoke_run_on_the_tiny_model(recipe, monkeypatch, tmp_pa
         "num_iterations": "1",
         "max_steps": "1",
         "output_dir": str(tmp_path / "out"),
+        "hub_store": str(tmp_path / "hub"),
     }
     args = [item for key, value in overrides.items() for item in (f"--{key}", value)]
     assert main(["run", "--config", str(recipe), *args]) == 0

@@ -7,6 +7,8 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -337,6 +339,52 @@ def test_large_upload_streams_through_the_server(hub, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_killed_mid_upload_keeps_the_repo_consistent_and_the_upload_can_be_redone(hub, tmp_path):
+    """SIGKILL while a 64 MiB LFS body is streaming in: the client gets an error, and after a restart the branch
+    is where it was, no partial blob is served, and the same upload succeeds."""
+    root = tmp_path / "root"
+    proc, url = _start_cli_server(root)
+    big, chunk = tmp_path / "big.safetensors", os.urandom(1 << 20)
+    with open(big, "wb") as out:
+        for _ in range(64):
+            out.write(chunk)
+    errors: list[Exception] = []
+    try:
+        api = HfApi(endpoint=url, token=False)
+        api.create_repo("dave/big")
+        first = api.upload_file(path_or_fileobj=b"v1", path_in_repo="a.txt", repo_id="dave/big")
+
+        def upload() -> None:
+            try:
+                api.upload_file(path_or_fileobj=str(big), path_in_repo="model.safetensors", repo_id="dave/big")
+            except Exception as error:  # noqa: BLE001 - whatever the client raises, it must raise
+                errors.append(error)
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        while uploader.is_alive() and not any((root / "tmp").iterdir()):
+            time.sleep(0.001)
+        proc.kill()
+        proc.wait(10)
+        uploader.join(300)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert errors, "the upload was cut off, the client must say so"
+
+    server, url = serve(root)
+    try:
+        api = HfApi(endpoint=url, token=False)
+        assert api.model_info("dave/big").sha == first.oid
+        assert api.list_repo_files("dave/big") == [".gitattributes", "a.txt"]
+        digest = hashlib.sha256(big.read_bytes()).hexdigest()
+        assert not Store(root).has_blob(digest), "a partial body never becomes a blob"
+        api.upload_file(path_or_fileobj=str(big), path_in_repo="model.safetensors", repo_id="dave/big")
+        assert api.get_paths_info("dave/big", ["model.safetensors"])[0].lfs.sha256 == digest
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_interrupted_or_corrupt_upload_stores_nothing(tmp_path):

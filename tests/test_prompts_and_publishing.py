@@ -96,6 +96,7 @@ def test_published_stage_loads_with_load_dataset_and_has_a_card(tmp_path):
             "iteration": 0,
             "location": published.location,
             "revision": published.revision,
+            "content_key": None,
         }
     ]
 
@@ -129,3 +130,29 @@ def test_checkpoint_survives_reopening(tmp_path):
     assert not list((tmp_path / "work").glob("*.tmp"))
     reopened.clear()
     assert StageCheckpoint(tmp_path / "work", "prompts").rows() == []
+
+
+def test_long_prompts_stop_the_run_or_are_dropped():
+    from rlrf_hub.config import RecipeError
+    from rlrf_hub.prompts import check_prompt_lengths
+
+    rows = [{"prompt_id": f"p{n}", "prompt": "w " * n, "source": "s.jsonl"} for n in (3, 12, 5)]
+
+    def words(messages):
+        return len(messages[0]["content"].split())
+
+    with pytest.raises(RecipeError, match="max_prompt_tokens: prompt p12"):
+        check_prompt_lengths(rows, words, max_tokens=10)
+    assert [r["prompt_id"] for r in check_prompt_lengths(rows, words, 10, drop=True)] == ["p3", "p5"]
+    assert [r["prompt_id"] for r in check_prompt_lengths(rows, words, 10, context=4, drop=True)] == ["p3"]
+
+
+def test_a_template_that_does_not_fit_a_row_names_the_source(tmp_path):
+    from rlrf_hub.config import PromptSource, RecipeError
+    from rlrf_hub.prompts import build_prompts
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"conversations": []}\n')
+    source = PromptSource(path=str(data), task="general", prompt_template="{conversations[0][value]}")
+    with pytest.raises(RecipeError, match=r"prompt_sources\[0\]\.prompt_template"):
+        build_prompts([source])

@@ -1,0 +1,166 @@
+"""Rows per second of the feedback stage over HTTP, against the server's own capacity, at several concurrencies.
+
+One `rlrf-hub serve` subprocess holds the judge. For each concurrency (default 1, 4 and 16), measured side by side:
+
+- stage: the judge's `rate_responses` over response rows (Self-Instruct seed tasks and their reference outputs),
+  through `EndpointBackend` with that many requests in flight: prompt and schema building, seeding, retries,
+  schema validation, reply parsing and row building included;
+- load: a plain asyncio loop posting exactly the requests the stage sent (same messages, schemas, sampling
+  settings and seeds, recorded from the stage's first run) to `/v1/chat/completions` at the same concurrency,
+  doing nothing with the replies: what the server can deliver.
+
+The ratio stage/load is the fraction of the server's capacity the stage uses; generated tokens are printed for both
+to show they did the same work.
+
+    python benchmarks/feedback_endpoint.py --model embedded:smollm2-135m-instruct --rows 16 --concurrency 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx2
+
+from rlrf_hub.backends.dialects import tgi_arguments
+from rlrf_hub.backends.endpoint import EndpointBackend, sample_seed
+from rlrf_hub.config import RLRFArguments
+from rlrf_hub.feedback import judge
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "self_instruct_seed_tasks.jsonl"
+ASPECTS = ["Readability", "Completeness", "Factuality"]
+
+
+class RecordingBackend(EndpointBackend):
+    """An endpoint backend that also keeps every (request, params) it was asked to generate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[list, object]] = []
+
+    def generate(self, requests, params, desc=None):
+        self.calls.append((list(requests), params))
+        return super().generate(requests, params, desc)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--rows", type=int, default=16, help="responses rated per run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="the judge's feedback_max_new_tokens")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="the server's dynamic batch limit")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of each method; the best counts")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    return parser
+
+
+def load_rows(path: Path, limit: int) -> tuple[list[dict], dict[str, dict]]:
+    responses, prompts = [], {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            task = json.loads(line)
+            instance = task["instances"][0]
+            prompt = task["prompt"] + (f"\n\n{instance['input']}" if instance.get("input") else "")
+            prompt_id = task["id"]
+            prompts[prompt_id] = {"prompt_id": prompt_id, "prompt": prompt, "task": "general"}
+            responses.append(
+                {
+                    "prompt_id": prompt_id,
+                    "response_id": f"{prompt_id}-0",
+                    "origin": "candidate",
+                    "task": "general",
+                    "prompt": prompt,
+                    "response": instance["output"],
+                }
+            )
+            if len(responses) == limit:
+                break
+    return responses, prompts
+
+
+def run_stage(url: str, concurrency: int, rows, prompts, args: RLRFArguments) -> tuple[float, int, RecordingBackend]:
+    backend = RecordingBackend(url, concurrency=concurrency, timeout=600)
+    aspects = {prompt_id: ASPECTS for prompt_id in prompts}
+    start = time.perf_counter()
+    judge.rate_responses(rows, prompts, aspects, backend, args, 0)
+    seconds = time.perf_counter() - start
+    return seconds, backend.stats["completion_tokens"], backend
+
+
+def load_bodies(backend: RecordingBackend) -> list[dict]:
+    """The JSON bodies the stage sent, request by request, seeds included."""
+    bodies = []
+    for requests, params in backend.calls:
+        for i, request in enumerate(requests):
+            for k in range(request.n):
+                seed = sample_seed(params.seed, i, k)
+                bodies.append(tgi_arguments(request.messages, params, seed, request.json_schema, None))
+    return bodies
+
+
+async def plain_load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, int]:
+    slots = asyncio.Semaphore(concurrency)
+    tokens = 0
+    async with httpx2.AsyncClient(timeout=600) as client:
+
+        async def post(body: dict) -> None:
+            nonlocal tokens
+            async with slots:
+                response = await client.post(f"{url}/v1/chat/completions", json=body)
+                response.raise_for_status()
+                tokens += response.json()["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(post(body) for body in bodies))
+        return time.perf_counter() - start, tokens
+
+
+def main(argv: list[str] | None = None) -> dict:
+    options = make_parser().parse_args(argv)
+    from rlrf_hub.serving.launch import spawn_server
+
+    rows, prompts = load_rows(options.data, options.rows)
+    args = RLRFArguments(feedback_max_new_tokens=options.max_new_tokens, max_parse_retries=0)
+    results: dict = {"model": options.model, "rows": len(rows), "max_new_tokens": options.max_new_tokens}
+    with spawn_server(options.model, max_batch_size=options.max_batch_size) as server:
+        print(f"rlrf-hub serve at {server.url} ({options.model}, batches of <= {options.max_batch_size})", flush=True)
+        run_stage(server.url, 4, rows[:2], prompts, args)  # compiles the schema's grammar once
+        bodies = None
+        for concurrency in options.concurrency:
+            best = {"stage": 0.0, "load": 0.0}
+            for _ in range(options.repeats):
+                seconds, stage_tokens, backend = run_stage(server.url, concurrency, rows, prompts, args)
+                best["stage"] = max(best["stage"], len(rows) / seconds)
+                bodies = bodies or load_bodies(backend)
+                load_seconds, load_tokens = asyncio.run(plain_load(server.url, bodies, concurrency))
+                best["load"] = max(best["load"], len(bodies) / load_seconds)
+                print(
+                    f"concurrency {concurrency:>2}: stage {len(rows)} rows in {seconds:.1f} s "
+                    f"({stage_tokens} tokens), load {len(bodies)} requests in {load_seconds:.1f} s "
+                    f"({load_tokens} tokens)",
+                    flush=True,
+                )
+            ratio = best["stage"] / best["load"]
+            results[f"c{concurrency}"] = {"stage_rows_per_s": best["stage"], "load_requests_per_s": best["load"]}
+            results[f"c{concurrency}"]["stage_over_load"] = ratio
+            print(
+                f"concurrency {concurrency:>2}: stage {best['stage']:.3f} rows/s, server capacity "
+                f"{best['load']:.3f} requests/s, ratio {ratio:.3f}",
+                flush=True,
+            )
+    first = results[f"c{options.concurrency[0]}"]["stage_rows_per_s"]
+    for concurrency in options.concurrency[1:]:
+        speedup = results[f"c{concurrency}"]["stage_rows_per_s"] / first
+        print(f"stage speed-up, concurrency {concurrency} over {options.concurrency[0]}: {speedup:.2f}x")
+    if options.output:
+        options.output.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""An `evaluate` module; see the script of the same name."""

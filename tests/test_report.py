@@ -1,0 +1,168 @@
+"""`rlrf-hub report`: a run's benchmark table from its adapter repo on an offline Hub, or from its folders."""
+
+import os
+
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+
+import contextlib
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from rlrf_hub.cli import main
+from rlrf_hub.evaluation.card_results import publish_evaluation
+from rlrf_hub.evaluation.results import EvaluationReport, TaskResult
+from rlrf_hub.hub.publisher import HubPublisher
+from rlrf_hub.hub.server import configure_clients, serve
+from rlrf_hub.publishing import FolderPublisher
+
+JUDGE = "judge-org/judge-7b@0123abc"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("results.png", "just_eval.png", "factscore.png", "gsm8k.png")
+
+
+@contextlib.contextmanager
+def hf_clients(cache: Path):
+    """Restore on exit what `configure_clients` changes in this process; downloads go to `cache`."""
+    from huggingface_hub import constants, hf_api
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS", "HF_HUB_CACHE"):
+            patch.setattr(constants, name, getattr(constants, name))
+        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
+        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
+        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_CACHE"):
+            patch.setenv(name, os.environ.get(name, ""))
+        patch.setenv("HF_HUB_CACHE", str(cache))
+        constants.HF_HUB_CACHE = str(cache)
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    server, url = serve(tmp_path_factory.mktemp("hub-root"))
+    with hf_clients(tmp_path_factory.mktemp("hf-hub-cache")):
+        configure_clients(url)
+        yield url
+    server.shutdown()
+    server.server_close()
+
+
+def make_report(t: int, gsm8k: float, factscore: float, just_eval: float, adapter: str | None = None):
+    return EvaluationReport(
+        model="tiny",
+        adapter=adapter if t else None,
+        adapter_revision=f"iter-{t}" if t else None,
+        iteration=t,
+        results=[
+            TaskResult("gsm8k", "accuracy", gsm8k, 40, gsm8k - 0.12, gsm8k + 0.13, None, "openai/gsm8k"),
+            TaskResult("factscore", "factscore", factscore, 12, factscore - 0.1, factscore + 0.1, JUDGE),
+            TaskResult("just_eval", "average", just_eval, 8, just_eval - 0.4, just_eval + 0.4, JUDGE),
+        ],
+    )
+
+
+def lineage(t: int) -> dict:
+    return {
+        "run": "run",
+        "stage": "adapter",
+        "iteration": t - 1,
+        "policy": {"model": "tiny", "revision": None},
+        "parents": [{"stage": "pairs", "location": "ns/run-pairs", "revision": f"{t}" * 40}],
+        "counts": {"pairs": 10 * t + 3},
+        "model_name": f"M{t}",
+        "method": "dpo",
+        "trained_from": f"M{t - 1}" if t > 1 else "M0 (the base model)",
+        "reference_model": "M0 (the base model)",
+    }
+
+
+EXPECTED_ROWS = [
+    "| M0 | base model | - | 3.1 [2.7, 3.5] | 0.4 [0.3, 0.5] | 0.2 [0.08, 0.33] |",
+    "| M1 | DPO from M0 | 13 | 3.5 [3.1, 3.9] | 0.5 [0.4, 0.6] | 0.25 [0.13, 0.38] |",
+    "| M2 | DPO from M1 | 23 | 3.4 [3, 3.8] | 0.55 [0.45, 0.65] | 0.3 [0.18, 0.43] |",
+    "| M1-reward-only | - | - | 3.2 [2.8, 3.6] | 0.35 [0.25, 0.45] | 0.21 [0.09, 0.34] |",
+]
+
+
+def publish_run(publisher) -> None:
+    """Two fake adapters (an adapter repo only needs files here) with the results of M0, M1, M2 and a baseline."""
+    repo = "ns/run-adapter"
+    for t in (1, 2):
+        folder = publisher.adapter_dir(t)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "t": t}))
+        (folder / "adapter_model.safetensors").write_bytes(bytes([t]) * 128)
+        publisher.publish_adapter(t, lineage(t), {"train_loss": 0.6}, {"beta": 0.1})
+        if t == 1:
+            publish_evaluation(publisher, 1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, repo)])
+    baseline = make_report(1, 0.21, 0.35, 3.2, "ns/run-reward-only-adapter")
+    publish_evaluation(publisher, 2, {"M2": make_report(2, 0.3, 0.55, 3.4, repo), "M1-reward-only": baseline})
+
+
+def check_outputs(folder: Path, printed: str) -> None:
+    for row in EXPECTED_ROWS:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert any(all(cell in line for cell in cells) for line in printed.splitlines()), (row, printed)
+    markdown = (folder / "report.md").read_text()
+    assert "| model | trained | pairs | Just-Eval avg | FactScore | GSM8K |" in markdown
+    for row in EXPECTED_ROWS:
+        assert row in markdown
+    assert f"`{JUDGE}`" in markdown and "![results](results.png)" in markdown
+    for name in PLOTS:
+        assert (folder / name).read_bytes().startswith(PNG_MAGIC), name
+        assert str(folder / name) in printed
+
+
+def test_report_reads_an_adapter_repo(hub, tmp_path, capsys):
+    publish_run(HubPublisher("gina", "run", tmp_path / "work", endpoint=hub))
+    assert main(["report", "gina/run-adapter", "--endpoint", hub, "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "Evaluation of gina/run-adapter" in printed and JUDGE in printed
+    check_outputs(tmp_path / "out", printed)
+
+    assert main(["report", "gina/run-adapter@iter-1-eval", "--output", str(tmp_path / "m1")]) == 0
+    markdown = (tmp_path / "m1" / "report.md").read_text()
+    assert EXPECTED_ROWS[1] in markdown and "| M2 |" not in markdown, "the results as of M1"
+
+
+def test_report_of_an_output_dir_serves_its_offline_store(tmp_path, capsys):
+    out = tmp_path / "run"
+    with hf_clients(tmp_path / "cache") as patch:
+        store = tmp_path / "store"
+        server, url = serve(store)
+        try:
+            publish_run(HubPublisher("hal", "run", out, endpoint=url))
+        finally:
+            server.shutdown()
+            server.server_close()
+        (out / "hub.json").write_text(json.dumps({"store": str(store)}))
+        patch.delenv("HF_ENDPOINT")
+        assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Evaluation of hal/run-adapter" in printed
+    check_outputs(out / "report", printed)
+
+
+def test_report_of_a_run_published_to_folders(tmp_path, capsys):
+    out = tmp_path / "run"
+    publish_run(FolderPublisher(out))
+    assert main(["report", str(out), "--output", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    check_outputs(tmp_path / "report", printed)
+
+
+def test_report_errors_name_what_is_missing(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "published.json" in capsys.readouterr().err
+    assert main(["report", "not a repo"]) == 2
+    assert "neither a run's output_dir nor a repo id" in capsys.readouterr().err
+    publisher = FolderPublisher(tmp_path / "bare")
+    folder = publisher.adapter_dir(1)
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"0" * 16)
+    publisher.publish_adapter(1, lineage(1), {}, {})
+    assert main(["report", str(tmp_path / "bare")]) == 2
+    assert "no evaluation results" in capsys.readouterr().err
