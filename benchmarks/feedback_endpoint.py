@@ -9,10 +9,14 @@ One `rlrf-hub serve` subprocess holds the judge. For each concurrency (default 1
   settings and seeds, recorded from the stage's first run) to `/v1/chat/completions` at the same concurrency,
   doing nothing with the replies: what the server can deliver.
 
-The ratio stage/load is the fraction of the server's capacity the stage uses; generated tokens are printed for both
-to show they did the same work.
+Each concurrency is measured `--repeats` times, alternating which of the two goes first, and the best run of each
+counts (on a shared machine, slow runs measure the neighbours). The ratio stage/load is the fraction of the
+server's capacity the stage uses. Generated tokens are printed for both, to show they did the same work, and the
+client's CPU seconds, to show what the stage's own work costs (with few cores the client takes it from the server).
 
     python benchmarks/feedback_endpoint.py --model embedded:smollm2-135m-instruct --rows 16 --concurrency 1 4 16
+
+`--url URL` measures a TGI-dialect server that is already running (TGI, `rlrf-hub serve`) instead of starting one.
 """
 
 from __future__ import annotations
@@ -49,12 +53,13 @@ class RecordingBackend(EndpointBackend):
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--url", default=None, help="measure this running server instead of starting rlrf-hub serve")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rows", type=int, default=16, help="responses rated per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-new-tokens", type=int, default=160, help="the judge's feedback_max_new_tokens")
     parser.add_argument("--max-batch-size", type=int, default=16, help="the server's dynamic batch limit")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of each method; the best counts")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each method; the best counts")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -83,13 +88,13 @@ def load_rows(path: Path, limit: int) -> tuple[list[dict], dict[str, dict]]:
     return responses, prompts
 
 
-def run_stage(url: str, concurrency: int, rows, prompts, args: RLRFArguments) -> tuple[float, int, RecordingBackend]:
+def run_stage(url: str, concurrency: int, rows, prompts, args: RLRFArguments) -> tuple[float, float, RecordingBackend]:
+    """Wall seconds and client CPU seconds of rating `rows`, and the backend (its stats and recorded calls)."""
     backend = RecordingBackend(url, concurrency=concurrency, timeout=600)
     aspects = {prompt_id: ASPECTS for prompt_id in prompts}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     judge.rate_responses(rows, prompts, aspects, backend, args, 0)
-    seconds = time.perf_counter() - start
-    return seconds, backend.stats["completion_tokens"], backend
+    return time.perf_counter() - start, time.process_time() - cpu, backend
 
 
 def load_bodies(backend: RecordingBackend) -> list[dict]:
@@ -103,7 +108,8 @@ def load_bodies(backend: RecordingBackend) -> list[dict]:
     return bodies
 
 
-async def plain_load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, int]:
+async def plain_load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, float, int]:
+    """Wall seconds, client CPU seconds and generated tokens of posting `bodies`."""
     slots = asyncio.Semaphore(concurrency)
     tokens = 0
     async with httpx2.AsyncClient(timeout=600) as client:
@@ -115,9 +121,9 @@ async def plain_load(url: str, bodies: list[dict], concurrency: int) -> tuple[fl
                 response.raise_for_status()
                 tokens += response.json()["usage"]["completion_tokens"]
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(post(body) for body in bodies))
-        return time.perf_counter() - start, tokens
+        return time.perf_counter() - start, time.process_time() - cpu, tokens
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,32 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows, prompts = load_rows(options.data, options.rows)
     args = RLRFArguments(feedback_max_new_tokens=options.max_new_tokens, max_parse_retries=0)
     results: dict = {"model": options.model, "rows": len(rows), "max_new_tokens": options.max_new_tokens}
-    with spawn_server(options.model, max_batch_size=options.max_batch_size) as server:
-        print(f"rlrf-hub serve at {server.url} ({options.model}, batches of <= {options.max_batch_size})", flush=True)
-        run_stage(server.url, 4, rows[:2], prompts, args)  # compiles the schema's grammar once
-        bodies = None
-        for concurrency in options.concurrency:
-            best = {"stage": 0.0, "load": 0.0}
-            for _ in range(options.repeats):
-                seconds, stage_tokens, backend = run_stage(server.url, concurrency, rows, prompts, args)
-                best["stage"] = max(best["stage"], len(rows) / seconds)
-                bodies = bodies or load_bodies(backend)
-                load_seconds, load_tokens = asyncio.run(plain_load(server.url, bodies, concurrency))
-                best["load"] = max(best["load"], len(bodies) / load_seconds)
-                print(
-                    f"concurrency {concurrency:>2}: stage {len(rows)} rows in {seconds:.1f} s "
-                    f"({stage_tokens} tokens), load {len(bodies)} requests in {load_seconds:.1f} s "
-                    f"({load_tokens} tokens)",
-                    flush=True,
-                )
-            ratio = best["stage"] / best["load"]
-            results[f"c{concurrency}"] = {"stage_rows_per_s": best["stage"], "load_requests_per_s": best["load"]}
-            results[f"c{concurrency}"]["stage_over_load"] = ratio
-            print(
-                f"concurrency {concurrency:>2}: stage {best['stage']:.3f} rows/s, server capacity "
-                f"{best['load']:.3f} requests/s, ratio {ratio:.3f}",
-                flush=True,
-            )
+    if options.url:
+        results["url"] = options.url
+        measure(options.url, options, rows, prompts, args, results)
+    else:
+        with spawn_server(options.model, max_batch_size=options.max_batch_size) as server:
+            print(f"rlrf-hub serve at {server.url} ({options.model}, batches <= {options.max_batch_size})", flush=True)
+            measure(server.url, options, rows, prompts, args, results)
     first = results[f"c{options.concurrency[0]}"]["stage_rows_per_s"]
     for concurrency in options.concurrency[1:]:
         speedup = results[f"c{concurrency}"]["stage_rows_per_s"] / first
@@ -160,6 +147,42 @@ def main(argv: list[str] | None = None) -> dict:
     if options.output:
         options.output.write_text(json.dumps(results, indent=2))
     return results
+
+
+def measure(url: str, options: argparse.Namespace, rows, prompts, args: RLRFArguments, results: dict) -> None:
+    """Stage and plain load at each concurrency, interleaved; the best run of each goes into `results`."""
+    run_stage(url, 4, rows[:2], prompts, args)  # compiles the schema's grammar once
+    bodies = None
+    for concurrency in options.concurrency:
+        best = {"stage": 0.0, "load": 0.0}
+        for repeat in range(options.repeats):
+            # Alternate which goes first: the first run at a new concurrency meets a server not yet warm for it.
+            if bodies is not None and repeat % 2:
+                load_seconds, load_cpu, load_tokens = asyncio.run(plain_load(url, bodies, concurrency))
+            seconds, stage_cpu, backend = run_stage(url, concurrency, rows, prompts, args)
+            if bodies is None or not repeat % 2:
+                bodies = bodies or load_bodies(backend)
+                load_seconds, load_cpu, load_tokens = asyncio.run(plain_load(url, bodies, concurrency))
+            best["stage"] = max(best["stage"], len(rows) / seconds)
+            best["load"] = max(best["load"], len(bodies) / load_seconds)
+            print(
+                f"concurrency {concurrency:>2}: stage {len(rows)} rows in {seconds:.1f} s "
+                f"({backend.stats['completion_tokens']} tokens, client CPU {stage_cpu:.2f} s), "
+                f"load {len(bodies)} requests in {load_seconds:.1f} s "
+                f"({load_tokens} tokens, client CPU {load_cpu:.2f} s)",
+                flush=True,
+            )
+        ratio = best["stage"] / best["load"]
+        results[f"c{concurrency}"] = {
+            "stage_rows_per_s": best["stage"],
+            "load_requests_per_s": best["load"],
+            "stage_over_load": ratio,
+        }
+        print(
+            f"concurrency {concurrency:>2}: stage {best['stage']:.3f} rows/s, server capacity "
+            f"{best['load']:.3f} requests/s, ratio {ratio:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

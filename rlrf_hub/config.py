@@ -130,6 +130,10 @@ class RLRFArguments:
         hub_store: the offline Hub's storage folder (default: `$RLRF_HUB_CACHE/hub`, i.e. `~/.cache/rlrf-hub/hub`).
         checkpoint_push_interval: seconds between pushes of a stage's unfinished work to a `checkpoints/iter-<t>`
             branch of its repo, so a run restarted on another machine continues from it (0: after every chunk).
+        shard: `i/N` (0 <= i < N, usually given as `--shard i/N`) makes this process worker i of N sharing the
+            generation of each iteration: it samples, rates and refines every N-th chunk and pushes its parts to
+            the stage's checkpoint branch; worker 0 merges, publishes and tags each stage and trains. Needs a Hub.
+        shard_wait_timeout: seconds a worker waits for the other workers, or for worker 0 to publish a stage.
 
     Parameters that control evaluation (after each iteration, M0 with M1; results go on the adapter's card):
         eval_tasks: benchmarks among `gsm8k`, `factscore`, `just_eval`; empty: no evaluation.
@@ -189,6 +193,8 @@ class RLRFArguments:
     hub_endpoint: str | None = None
     hub_store: str | None = None
     checkpoint_push_interval: float = 60.0
+    shard: str | None = None
+    shard_wait_timeout: float = 21600.0
 
     eval_tasks: list[str] = field(default_factory=list)
     eval_limit: int | None = None
@@ -372,6 +378,19 @@ def validate(recipe: Recipe) -> None:
     )
     _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
     _require(r.checkpoint_push_interval >= 0, "checkpoint_push_interval", "must be >= 0 seconds")
+    if r.shard is not None:
+        from .sharding import Shard
+
+        try:
+            shard = Shard.parse(r.shard)
+        except ValueError as error:
+            raise RecipeError(f"shard: {error}") from None
+        _require(
+            not shard.sharded or r.hub_endpoint != "none",
+            "shard",
+            "the workers of a sharded run meet on a Hub; set hub_endpoint (or leave it unset), not `none`",
+        )
+    _require(r.shard_wait_timeout > 0, "shard_wait_timeout", "must be > 0 seconds")
     _validate_evaluation(r)
     if r.hub_namespace:
         _require(

@@ -2,6 +2,26 @@
 
 Iteration t samples with M_t, rates, refines, pairs, and trains M_(t+1) on its pairs. Every stage is
 published when complete and never recomputed; an interrupted stage resumes from its checkpoint.
+
+Sharded runs. `rlrf-hub run --shard i/N` (recipe key `shard`) makes the process worker i of N; the N workers run
+the same recipe against the same Hub, each with its own `output_dir` and caches, on one machine or several. The
+work of the candidates, feedback and refinements stages is cut into chunks exactly as an unsharded run cuts it
+(sampling: `2 * generation_batch_size` sequences; judging and aspect selection: `4 * feedback_batch_size`
+requests), from the whole list, and worker i does chunks i, i + N, i + 2N, ... Each chunk's batches and seeds
+come from its content alone, so every row is the row an unsharded run makes (on the same hardware), and the
+merged stage is published in the unsharded order, under the same content key. Chunks rather than prompts are
+dealt out because a prompt-by-prompt split would regroup the batches and change the chunk seeds.
+
+Workers push their parts (`part-s<i>of<N>-<k>.parquet`) to the stage's `checkpoints/iter-<t>` branch and, when
+their share of a step is done, a marker `<step>-s<i>of<N>.done` with it (forced, whatever
+`checkpoint_push_interval` says). Worker 0 waits for all N markers (at most `shard_wait_timeout` seconds),
+pulls every part, checks that every expected row is there, publishes and tags the stage as an unsharded run
+would, and deletes the branch; the other workers wait for the stage's `iter-<t>` tag and read it back. The
+feedback stage has two meeting points inside it: the judge's aspect choices (`aspects-s<i>of<N>.json`), and the
+rating of the candidates (`rated` markers), since the refinements of a prompt need the feedback on all its
+candidates. Worker 0 alone builds the pairs, trains and evaluates; the others wait for the pairs and the
+adapter's tag and go on to the next iteration, sampling from the new adapter. A crashed worker restarted with
+the same command pulls back only its own parts and continues its share.
 """
 
 from __future__ import annotations
@@ -22,6 +42,7 @@ from .checkpoint import StageCheckpoint
 from .config import Recipe, RecipeError
 from .feedback import judge
 from .feedback.templates import TEMPLATES_SHA256
+from .ids import response_id
 from .models import cache_dir
 from .pairs import build_pairs
 from .prompts import build_prompts, check_prompt_lengths
@@ -29,6 +50,7 @@ from .publishing import OFFLINE_STORE_FILE, FolderPublisher, Published, Publishe
 from .refinements import refinement_jobs
 from .reward import attach_rewards
 from .sampling import sample_responses
+from .sharding import Shard, ShardTimeoutError, wait_until
 from .stage_keys import content_key, stage_settings
 from .training import METRICS_FILE
 
@@ -118,6 +140,8 @@ class Iteration:
         self.backends = _Backends(recipe, self.adapter_path)
         self.by_id = {row["prompt_id"]: row for row in prompts}
         self.judge_stats: dict = {}
+        self.shard = Shard.parse(self.args.shard)
+        self._aspect_map: dict[str, list[str]] | None = None
 
     def _lineage(self, stage: str, rows: list[dict], parents: list[Published], started: float, **extra) -> dict:
         m, r = self.recipe.model, self.args
@@ -179,10 +203,11 @@ class Iteration:
         if reusable(self.publisher, found, key):
             return list(self.publisher.load(stage, self.t)), found
         started = time.time()
-        checkpoint = StageCheckpoint(self.work / stage, stage, self.publisher.checkpoint_mirror(stage, self.t))
+        checkpoint = self._checkpoint(stage)
         origin = "candidate" if stage == "candidates" else "refinement"
-        rows = sample_responses(
-            jobs(),
+        job_list = jobs()
+        sample_responses(
+            job_list,
             self.backends.policy(),
             self._sampling_params(),
             num_samples,
@@ -190,49 +215,132 @@ class Iteration:
             origin,
             checkpoint,
             sequences_per_chunk=2 * self.args.generation_batch_size,
+            shard=self.shard,
         )
-        lineage = self._lineage(stage, rows, parents, started, content_key=key)
-        published = self.publisher.publish_dataset(stage, self.t, rows, lineage)
+        expected = [
+            response_id(job.prompt["prompt_id"], self.t, origin, k) for job in job_list for k in range(num_samples)
+        ]
+        return self._finish(
+            stage, checkpoint, expected, key, lambda rows, stats: self._lineage(stage, rows, parents, started)
+        )
+
+    def _checkpoint(self, stage: str) -> StageCheckpoint:
+        mirror = self.publisher.checkpoint_mirror(stage, self.t)
+        if self.shard.sharded and mirror is None:
+            raise RunError(f"shard: the workers of a sharded run meet on a Hub; {self.publisher!r} is not one")
+        return StageCheckpoint(self.work / stage, stage, mirror, self.shard)
+
+    def _finish(self, stage: str, checkpoint: StageCheckpoint, expected: list[str], key: str, lineage):
+        """Publish a stage whose rows are all checkpointed, one row per `expected` response id in that order.
+
+        Sharded, each worker marks its share done; worker 0 waits for every share, merges and publishes (the
+        card counts the rows of each worker), the others wait for its tag and read the stage back.
+        `lineage(rows, stats)` makes the card's lineage; `stats` sums the judge statistics of all workers.
+        """
+        stats = self.judge_stats
+        if self.shard.sharded:
+            own = checkpoint.own_rows()
+            checkpoint.mark_done(stage, {"rows": own, "stats": self.judge_stats})
+            print(f"shard {self.shard}: done with my share of {stage} of iteration {self.t}: {own} rows", flush=True)
+            if not self.shard.merger:
+                found = self._wait_published(stage, lambda: self.publisher.find(stage, self.t))
+                reusable(self.publisher, found, key)
+                checkpoint.clear(local_only=True)
+                return list(self.publisher.load(stage, self.t)), found
+            markers = self._wait_for_shards(checkpoint, stage, f"share of {stage} of iteration {self.t}")
+            stats = _sum_stats(marker["stats"] for marker in markers.values())
+        rows = self._complete(checkpoint.rows(), expected, stage)
+        info = {**lineage(rows, stats), "content_key": key}
+        if self.shard.sharded:
+            info["shards"] = {"count": self.shard.count, "rows": {tag: m["rows"] for tag, m in markers.items()}}
+            print(f"shard {self.shard}: merged {stage} of iteration {self.t}: {info['shards']['rows']}", flush=True)
+        published = self.publisher.publish_dataset(stage, self.t, rows, info)
         checkpoint.clear()
         return rows, published
 
-    def _rate(self, responses: list[dict], checkpoint: StageCheckpoint) -> list[dict]:
-        """Feedback (and reward) for responses not yet in the checkpoint, in resumable chunks."""
-        done = checkpoint.done("response_id")
-        todo = [row for row in responses if row["response_id"] not in done]
-        if self.rule == "reward_only":
-            rows = [judge.unrated_row(row, self.t) for row in todo]
-            checkpoint.append(attach_rewards(rows, todo, self.backends.reward()))
-            return checkpoint.rows()
-        aspects = self._aspects()
-        size = 4 * self.args.feedback_batch_size
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
-            rated = judge.rate_responses(
-                chunk, self.by_id, aspects, self.backends.judge(), self.args, self.t, self.judge_stats
+    def _complete(self, rows: list[dict], expected: list[str], stage: str) -> list[dict]:
+        """One row per expected response id, in the order an unsharded, uninterrupted run gives."""
+        by_id: dict[str, dict] = {}
+        for row in rows:
+            by_id.setdefault(row["response_id"], row)
+        missing = [rid for rid in expected if rid not in by_id]
+        if missing:
+            raise RunError(
+                f"{stage} of iteration {self.t} lacks {len(missing)} of {len(expected)} rows (for example "
+                f"{missing[0]}) although every share of it is marked done. The workers of a sharded run must run the "
+                "same recipe: sizes such as generation_batch_size and feedback_batch_size decide who does what."
             )
-            checkpoint.append(attach_rewards(rated, chunk, self.backends.reward()))
-        return checkpoint.rows()
+        return [by_id[rid] for rid in expected]
 
-    def _aspects(self) -> dict[str, list[str]]:
-        """The judge's aspect choice per prompt, made once per iteration and kept for refinements and resume."""
-        path = self.work / "feedback" / "aspects.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        needs_judge = [p for p in self.prompts if p["task"] == "general" and self.args.aspect_mode == "paper"]
-        chosen = (
-            judge.select_aspects(needs_judge, self.backends.judge(), self.args, self.judge_stats)
-            if needs_judge
-            else {}
-        )
-        aspects = {
-            p["prompt_id"]: chosen.get(p["prompt_id"])
-            or judge.aspects_for(p["task"], self.args.aspect_mode, self.args.num_general_aspects)
-            for p in self.prompts
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(aspects, indent=1))
-        return aspects
+    def _wait_for_shards(self, checkpoint: StageCheckpoint, step: str, what: str) -> dict[str, dict]:
+        """Wait until every worker marked `step` done on the mirror, pull all their files; their markers."""
+        self._wait_for_files(checkpoint, {s.marker(step) for s in self.shard.workers()}, what)
+        return checkpoint.markers(step)
+
+    def _wait_for_files(self, checkpoint: StageCheckpoint, names: set[str], what: str) -> None:
+        """Wait until the mirror has every file of `names`, then pull every worker's files."""
+
+        def missing() -> list[str]:
+            return sorted(names - checkpoint.remote_names())
+
+        _wait_until(lambda: not missing(), lambda: f"the other workers' {what} (missing {missing()})", *self._wait)
+        checkpoint.pull_all()
+
+    def _wait_published(self, what: str, find):
+        """What `find` returns once worker 0 has published it (at once for worker 0 and unsharded runs)."""
+        found = find()
+        if found is None and self.shard.sharded and not self.shard.merger:
+            found = _wait_until(find, lambda: f"worker 0 to publish {what} of iteration {self.t}", *self._wait)
+        return found
+
+    @property
+    def _wait(self) -> tuple[float, Shard]:
+        return self.args.shard_wait_timeout, self.shard
+
+    def _rate(self, responses: list[dict], checkpoint: StageCheckpoint) -> None:
+        """Feedback (and reward) for this worker's chunks of `responses`, skipping checkpointed rows."""
+        done = checkpoint.done("response_id")
+        aspects = None if self.rule == "reward_only" else self._aspects(checkpoint)
+        size = 4 * self.args.feedback_batch_size
+        for chunk in self.shard.take([responses[i : i + size] for i in range(0, len(responses), size)]):
+            todo = [row for row in chunk if row["response_id"] not in done]
+            if not todo:
+                continue
+            if aspects is None:
+                rated = [judge.unrated_row(row, self.t) for row in todo]
+            else:
+                rated = judge.rate_responses(
+                    todo, self.by_id, aspects, self.backends.judge(), self.args, self.t, self.judge_stats
+                )
+            checkpoint.append(attach_rewards(rated, todo, self.backends.reward()))
+
+    def _aspects(self, checkpoint: StageCheckpoint) -> dict[str, list[str]]:
+        """The aspects of every prompt for this iteration; the judge's choices are kept with the feedback parts."""
+        if self._aspect_map is None:
+            chosen = self._chosen_aspects(checkpoint)
+            self._aspect_map = {
+                p["prompt_id"]: chosen.get(p["prompt_id"])
+                or judge.aspects_for(p["task"], self.args.aspect_mode, self.args.num_general_aspects)
+                for p in self.prompts
+            }
+        return self._aspect_map
+
+    def _chosen_aspects(self, checkpoint: StageCheckpoint) -> dict[str, list[str]]:
+        """The judge's aspect choice for the general prompts (paper mode), asked once per iteration, chunk by chunk
+        as the ratings are; a sharded worker asks for its chunks and then reads every worker's choices."""
+        name = f"aspects-{self.shard.tag}.json" if self.shard.sharded else "aspects.json"
+        if checkpoint.read_json(name) is None:
+            needs_judge = [p for p in self.prompts if p["task"] == "general" and self.args.aspect_mode == "paper"]
+            size = 4 * self.args.feedback_batch_size
+            chosen: dict[str, list[str]] = {}
+            for chunk in self.shard.take([needs_judge[i : i + size] for i in range(0, len(needs_judge), size)]):
+                chosen.update(judge.select_aspects(chunk, self.backends.judge(), self.args, self.judge_stats))
+            checkpoint.write_json(name, chosen)
+        names = [name]
+        if self.shard.sharded:
+            names = [f"aspects-{s.tag}.json" for s in self.shard.workers()]
+            self._wait_for_files(checkpoint, set(names), f"aspect choices of iteration {self.t}")
+        return {pid: aspects for n in names for pid, aspects in checkpoint.read_json(n).items()}
 
     def run(self) -> IterationSummary:
         prompts_pub = self.publisher.find("prompts", 0)
@@ -254,25 +362,32 @@ class Iteration:
             refinements = self._published_refinements(cand_pub)
             return refinements, list(self.publisher.load("feedback", self.t)), found
         started = time.time()
-        mirror = self.publisher.checkpoint_mirror("feedback", self.t)
-        checkpoint = StageCheckpoint(self.work / "feedback", "feedback", mirror)
-        feedback = self._rate(candidates, checkpoint)
+        checkpoint = self._checkpoint("feedback")
+        self._rate(candidates, checkpoint)
+        if self.shard.sharded and self.rule != "reward_only":
+            checkpoint.mark_done("rated", {"rows": checkpoint.own_rows()})
+            self._wait_for_shards(checkpoint, "rated", f"ratings of the candidates of iteration {self.t}")
+        rated = {row["response_id"]: row for row in checkpoint.rows()}
+        feedback = [rated[row["response_id"]] for row in candidates if row["response_id"] in rated]
         refinements, refine_pub = self._refine(candidates, feedback, cand_pub)
-        feedback = self._rate(candidates + refinements, checkpoint)
-        stats = judge.summarise(feedback)
-        lineage = self._lineage(
-            "feedback",
-            feedback,
-            [p for p in (cand_pub, refine_pub) if p],
-            started,
-            counts=stats,
-            parse_failure_rate=stats["parse_failure_rate"],
-            tokens_generated=self.judge_stats.get("judge_tokens", 0),
-            judge_requests=self.judge_stats.get("judge_requests", 0),
-            content_key=key,
-        )
-        published = self.publisher.publish_dataset("feedback", self.t, feedback, lineage)
-        checkpoint.clear()
+        self._rate(refinements, checkpoint)
+        parents = [p for p in (cand_pub, refine_pub) if p]
+
+        def lineage(rows: list[dict], stats: dict) -> dict:
+            summary = judge.summarise(rows)
+            return self._lineage(
+                "feedback",
+                rows,
+                parents,
+                started,
+                counts=summary,
+                parse_failure_rate=summary["parse_failure_rate"],
+                tokens_generated=stats.get("judge_tokens", 0),
+                judge_requests=stats.get("judge_requests", 0),
+            )
+
+        expected = [row["response_id"] for row in candidates + refinements]
+        feedback, published = self._finish("feedback", checkpoint, expected, key, lineage)
         return refinements, feedback, published
 
     def _published_refinements(self, cand_pub: Published) -> list[dict]:
@@ -295,7 +410,7 @@ class Iteration:
 
     def _pairs(self, candidates, refinements, feedback, feedback_pub) -> tuple[list[dict], Published]:
         key = self._key("pairs", [feedback_pub])
-        found = self.publisher.find("pairs", self.t)
+        found = self._wait_published("pairs", lambda: self.publisher.find("pairs", self.t))
         if reusable(self.publisher, found, key):
             return list(self.publisher.load("pairs", self.t)), found
         started = time.time()
@@ -310,10 +425,10 @@ class Iteration:
     def _train(self, pairs: list[dict], pairs_pub: Published) -> dict:
         model_index = self.t + 1
         key = self._key("adapter", [pairs_pub])
-        found = self.publisher.find_adapter(model_index)
+        found = self._wait_published(f"M{model_index}", lambda: self.publisher.find_adapter(model_index))
         metrics_path = self.publisher.adapter_dir(model_index) / METRICS_FILE
-        if reusable(self.publisher, found, key) and metrics_path.is_file():
-            return json.loads(metrics_path.read_text())["metrics"]
+        if reusable(self.publisher, found, key) and (metrics_path.is_file() or not self.shard.merger):
+            return json.loads(metrics_path.read_text())["metrics"] if metrics_path.is_file() else {}
         if not pairs:
             raise RunError(
                 f"iteration {self.t} produced no training rows with pairing {self.rule!r}: no response was rated "
@@ -471,6 +586,14 @@ def offline_hub(store: Path) -> str:
 def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSummary]:
     """Run every iteration of the recipe; finished iterations are read back, not recomputed."""
     publisher = publisher or make_publisher(recipe)
+    shard = Shard.parse(recipe.rlrf.shard)
+    if shard.sharded and not shard.merger:
+        _wait_until(
+            lambda: publisher.find("prompts", 0),
+            lambda: "worker 0 to publish the prompts",
+            recipe.rlrf.shard_wait_timeout,
+            shard,
+        )
     prompts = prepare_prompts(recipe, publisher)
     summaries = []
     for t in range(recipe.rlrf.num_iterations):
@@ -482,9 +605,25 @@ def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSum
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(asdict(summary), indent=2))
         summaries.append(summary)
-        if recipe.rlrf.eval_tasks:
+        if recipe.rlrf.eval_tasks and shard.merger:
             from .evaluation.iteration import evaluate_iteration
 
             evaluate_iteration(recipe, publisher, t + 1)
     Path(recipe.output_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
     return summaries
+
+
+def _wait_until(ready, status, timeout: float, shard: Shard):
+    """`sharding.wait_until`, failing as the loop fails."""
+    try:
+        return wait_until(ready, status, timeout, shard)
+    except ShardTimeoutError as error:
+        raise RunError(str(error)) from None
+
+
+def _sum_stats(all_stats) -> dict:
+    """The judge statistics of several workers, added up."""
+    total: Counter = Counter()
+    for stats in all_stats:
+        total.update({k: v for k, v in (stats or {}).items() if isinstance(v, (int, float))})
+    return dict(total)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +40,8 @@ class Published:
 class CheckpointMirror(Protocol):
     """A copy of a stage's unfinished work somewhere other machines can read it."""
 
-    def pull(self, folder: Path) -> None: ...
+    def names(self) -> list[str]: ...
+    def pull(self, folder: Path, keep: Callable[[str], bool] | None = None) -> None: ...
     def push(self, folder: Path, force: bool = False) -> None: ...
     def discard(self) -> None: ...
 
@@ -103,15 +105,18 @@ def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict
 def record_published(path: Path, published: Published, **details) -> None:
     """Keep `path` (a run's `published.json`) listing every artifact, for scripts that look for a run's outputs.
 
-    `details` (for example a Hub repo, its type and tag) are stored next to the `Published` fields.
+    `details` (for example a Hub repo, its type and tag) are stored next to the `Published` fields. An artifact
+    recorded again (a resumed run finding it) keeps its place, so the file changes only when its content does.
     """
     entries = json.loads(path.read_text()) if path.is_file() else []
-    entries = [
-        e
-        for e in entries
-        if (e["kind"], e["name"], e["iteration"]) != (published.kind, published.name, published.iteration)
-    ]
-    entries.append({**asdict(published), **details})
+    entry = {**asdict(published), **details}
+    key = (published.kind, published.name, published.iteration)
+    places = [i for i, e in enumerate(entries) if (e["kind"], e["name"], e["iteration"]) == key]
+    if places:
+        entries[places[0]] = entry
+        entries = [e for i, e in enumerate(entries) if i not in places[1:]]
+    else:
+        entries.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries, indent=2))

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from .backends import GenerationBackend, GenerationRequest, SamplingParams
 from .checkpoint import StageCheckpoint
 from .ids import response_id
+from .sharding import Shard
 
 
 @dataclass
@@ -36,15 +37,25 @@ def sample_responses(
     origin: str,
     checkpoint: StageCheckpoint,
     sequences_per_chunk: int = 64,
+    shard: Shard | None = None,
 ) -> list[dict]:
-    """`num_samples` responses per job as RESPONSES rows; jobs whose rows are checkpointed are skipped."""
+    """`num_samples` responses per job as RESPONSES rows; jobs whose rows are checkpointed are skipped.
+
+    Chunks of about `sequences_per_chunk` sequences are cut from the whole job list, before skipping anything, so
+    a chunk (its jobs, hence its batches, and its seed) is the same whether the run was resumed, and whichever
+    worker of a sharded run samples it: `shard` takes every N-th chunk. Returns every checkpointed row.
+    """
+    shard = shard or Shard()
     done = checkpoint.done("prompt_id")
-    todo = [job for job in jobs if job.prompt["prompt_id"] not in done]
     per_chunk = max(1, sequences_per_chunk // num_samples)
-    chunks = [todo[i : i + per_chunk] for i in range(0, len(todo), per_chunk)]
+    chunks = shard.take([jobs[i : i + per_chunk] for i in range(0, len(jobs), per_chunk)])
+    todo = [(chunk[0], [job for job in chunk if job.prompt["prompt_id"] not in done]) for chunk in chunks]
+    todo = [(first, pending) for first, pending in todo if pending]
+    if not todo:
+        return checkpoint.rows()
     policy = backend.model_id + (f"+{backend.adapter}" if backend.adapter else "")
-    for chunk in tqdm(chunks, desc=f"{origin}s (iteration {iteration})", unit="chunk", disable=not chunks):
-        seed = chunk_seed(params.seed, iteration, origin, chunk[0].prompt["prompt_id"])
+    for first, chunk in tqdm(todo, desc=f"{origin}s (iteration {iteration})", unit="chunk"):
+        seed = chunk_seed(params.seed, iteration, origin, first.prompt["prompt_id"])
         requests = [GenerationRequest(messages=job.messages, n=num_samples) for job in chunk]
         outputs = backend.generate(requests, replace(params, seed=seed), desc=f"sampling {origin}s")
         rows = [

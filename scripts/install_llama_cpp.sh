@@ -19,7 +19,8 @@ mkdir -p "$WHEEL_DIR"
 wheel="$(ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
 if [ -z "$wheel" ]; then
     echo "building llama-cpp-python $LLAMA_CPP_VERSION (CPU, portable) into $WHEEL_DIR"
-    # Portable CPU build: no -march=native, no GPU backends, no examples or tests.
+    # Portable CPU build: no -march=native (the wheel runs on any x86-64 with AVX2/FMA/F16C, ggml's defaults
+    # without native tuning), no GPU backends, no examples or tests.
     export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
 -DGGML_HIP=OFF -DGGML_BLAS=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_CURL=OFF}"
@@ -28,7 +29,6 @@ if [ -z "$wheel" ]; then
     trap 'rm -rf "$tmp_dir"' EXIT
     nice -n 10 "$PYTHON" -m pip wheel --no-deps --no-cache-dir -w "$tmp_dir" "llama-cpp-python==$LLAMA_CPP_VERSION"
     mv "$tmp_dir"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl "$WHEEL_DIR"/
-    wheel="$(ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -n 1)"
 fi
 
 # The package and its server extras depend on numpy, jinja2, fastapi, uvicorn, ... but never on torch;
@@ -38,6 +38,7 @@ constraints="$(mktemp)"
 if [ -n "$torch_version" ]; then
     echo "torch==$torch_version" > "$constraints"
 fi
-"$PYTHON" -m pip install --find-links "$WHEEL_DIR" -c "$constraints" "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+"$PYTHON" -m pip install --find-links "$WHEEL_DIR" --only-binary llama-cpp-python -c "$constraints" \
+    "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
 rm -f "$constraints"
 "$PYTHON" -c 'import llama_cpp, llama_cpp.server; print("llama-cpp-python", llama_cpp.__version__, "ready")'

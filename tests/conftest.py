@@ -12,6 +12,21 @@ DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_without_the_default_hub(tmp_path_factory):
+    """Tests never publish into this machine's default offline Hub store (`$RLRF_HUB_CACHE/hub`): the cache root
+    moves to a temporary folder that links back to the real one's models and wheels, so conversions are shared."""
+    from rlrf_hub.models import cache_dir
+
+    real, root = cache_dir(), tmp_path_factory.mktemp("rlrf-hub-cache")
+    for name in ("models", "wheels"):
+        (real / name).mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(real / name, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLRF_HUB_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():

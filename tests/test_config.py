@@ -157,6 +157,8 @@ def test_shipped_recipes_smoke_run_on_the_tiny_model(recipe, monkeypatch, tmp_pa
         "max_steps": "1",
         "output_dir": str(tmp_path / "out"),
         "hub_store": str(tmp_path / "hub"),
+        "eval_limit": "1",
+        "eval_max_new_tokens": "8",
     }
     args = [item for key, value in overrides.items() for item in (f"--{key}", value)]
     assert main(["run", "--config", str(recipe), *args]) == 0

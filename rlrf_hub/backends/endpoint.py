@@ -173,6 +173,11 @@ class EndpointBackend:
         return {s.info.url: s.info.dialect for s in self._servers}
 
     @property
+    def total_tokens(self) -> int:
+        """Generated tokens so far, as the servers counted them (the in-process backend has the same attribute)."""
+        return self._stats.completion_tokens
+
+    @property
     def stats(self) -> dict[str, Any]:
         return {"dialects": self.dialects, **self._stats.as_dict()}
 

@@ -8,14 +8,13 @@ counted as `failed`, never guessed.
 
 from __future__ import annotations
 
-import ast
 import json
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..backends.base import GenerationBackend, GenerationRequest, SamplingParams
+from ..feedback.parsing import json_values as values_in_order
 
 JUDGE_PARAMS = SamplingParams(max_new_tokens=512, temperature=0.0, top_p=1.0, do_sample=False, seed=0)
 # A greedy judge repeats itself when asked again; a retry samples instead.
@@ -97,56 +96,4 @@ def json_values(text: str) -> Iterator[Any]:
     Code fences, prose around the JSON and trailing commas are tolerated; the last span comes first
     because judges that think aloud put their verdict at the end.
     """
-    spans = list(_spans(text))
-    for span in reversed(spans):
-        value = _load(span)
-        if value is not None:
-            yield value
-
-
-def _spans(text: str) -> Iterator[str]:
-    i = 0
-    while i < len(text):
-        if text[i] in "{[":
-            end = _closing(text, i)
-            if end is not None:
-                yield text[i : end + 1]
-                i = end + 1
-                continue
-        i += 1
-
-
-def _closing(text: str, start: int) -> int | None:
-    stack: list[str] = []
-    in_string = escaped = False
-    for j in range(start, len(text)):
-        ch = text[j]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]":
-            if not stack or stack.pop() != ch:
-                return None
-            if not stack:
-                return j
-    return None
-
-
-def _load(span: str) -> Any:
-    for candidate in (span, re.sub(r",\s*([}\]])", r"\1", span)):
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            pass
-    try:
-        return ast.literal_eval(span)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+    yield from reversed(list(values_in_order(text)))

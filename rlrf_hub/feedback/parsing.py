@@ -61,7 +61,7 @@ def parse_selection(text: str | None, k: int) -> list[str] | None:
         names = obj["aspects"]
         if len(names) == k and len(set(names)) == k and all(n in ASPECT_NAMES for n in names):
             return list(names)
-    for value in _json_values(text):
+    for value in json_values(text):
         for names in _string_lists(value):
             picked = _distinct_aspects(names)
             if len(picked) >= k:
@@ -225,7 +225,8 @@ def _string_lists(value: Any) -> Iterator[list]:
             yield from _string_lists(inner)
 
 
-def _json_values(text: str) -> Iterator[Any]:
+def json_values(text: str) -> Iterator[Any]:
+    """Every balanced `{...}`/`[...]` span of a reply that reads as JSON or a Python literal, in order."""
     for _, span in _json_spans(text):
         value = _load(span)
         if value is not None:

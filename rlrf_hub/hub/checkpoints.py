@@ -4,12 +4,17 @@ A run restarted on another machine, with empty caches, pulls the parts back and 
 crashed run left it. Pushes are batched (at most one commit per `interval` seconds, the Hub allows 128 commits
 per hour per repo) and the branch is deleted once the stage is published, so `main` and the `iter-<t>` tags only
 ever hold finished stages.
+
+Sharded runs (`--shard i/N`) share the branch: each worker's files carry its tag in their names, so they never
+collide, a restarted worker pulls back only its own (`pull(keep=...)`), and the workers watch the branch's file
+list (`names()`) for each other's completion markers.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
@@ -29,20 +34,22 @@ class HubCheckpointMirror:
         self._pushed: set[str] = set()
         self._last_push = float("-inf")
 
-    def _remote_names(self) -> list[str]:
+    def names(self) -> list[str]:
+        """The checkpoint files on the branch; none when the branch (or the repo) does not exist."""
         try:
             files = self.api.list_repo_files(self.repo_id, repo_type=self.repo_type, revision=self.branch)
         except (RepositoryNotFoundError, RevisionNotFoundError):
             return []
         return [path[len(PREFIX) :] for path in files if path.startswith(PREFIX)]
 
-    def pull(self, folder: Path) -> None:
-        """Download the parts the branch has and `folder` lacks (a restart elsewhere, or after losing the disk)."""
-        names = self._remote_names()
+    def pull(self, folder: Path, keep: Callable[[str], bool] | None = None) -> None:
+        """Download the files the branch has and `folder` lacks (a restart elsewhere, or after losing the disk);
+        with `keep`, only those whose name it accepts."""
+        names = self.names()
         self._pushed = set(names)
         folder = Path(folder)
         for name in names:
-            if (folder / name).exists():
+            if (folder / name).exists() or (keep is not None and not keep(name)):
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             cached = self.api.hf_hub_download(
