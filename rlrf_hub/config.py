@@ -78,7 +78,6 @@ class RLRFArguments:
     Parameters that control feedback:
         feedback_model: model id or path of the judge (frozen); the embedded default if unset.
         feedback_revision: its revision.
-        feedback_backend: `in_process` (endpoint backends come with the serving issue).
         aspect_mode: `paper` (general: the judge picks `num_general_aspects`; math: Logical
             Correctness; bio: Factuality) or `all` (every prompt rated on all eight).
         num_general_aspects: how many aspects the judge picks for a general prompt (paper: 3).

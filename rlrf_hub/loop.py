@@ -55,6 +55,7 @@ from .stage_keys import content_key, stage_settings
 from .training import METRICS_FILE
 
 OFFLINE_NAMESPACE = "local"
+ENDPOINT_PREFIX = "endpoint_"
 
 
 class RunError(RuntimeError):
@@ -119,7 +120,16 @@ class _Backends:
             self._reward = RewardScorer.from_pretrained(r.reward_model, r.reward_revision, r.reward_batch_size)
         return self._reward
 
+    def judge_counters(self) -> dict[str, int]:
+        """An endpoint judge's requests, retries, failures by reason and schema-invalid replies, for the card."""
+        counters = getattr(self._judge, "counters", None)
+        return counters(prefix=ENDPOINT_PREFIX) if counters else {}
+
     def close(self) -> None:
+        """Drop the models; endpoint backends also stop the `rlrf-hub serve` they started."""
+        for backend in (self._policy, self._judge):
+            if hasattr(backend, "close"):
+                backend.close()
         self._policy = self._judge = self._reward = None
         gc.collect()
 
@@ -384,8 +394,10 @@ class Iteration:
                 parse_failure_rate=summary["parse_failure_rate"],
                 tokens_generated=stats.get("judge_tokens", 0),
                 judge_requests=stats.get("judge_requests", 0),
+                endpoint={k: v for k, v in stats.items() if k.startswith(ENDPOINT_PREFIX)} or None,
             )
 
+        self.judge_stats.update(self.backends.judge_counters())
         expected = [row["response_id"] for row in candidates + refinements]
         feedback, published = self._finish("feedback", checkpoint, expected, key, lineage)
         return refinements, feedback, published

@@ -177,7 +177,8 @@ def _load_policy(model_args, args, init_adapter: str | None):
         quantization_config=quantization_config,
         device_map=_device_map(args) if quantization_config is not None else None,
     )
-    if quantization_config is not None:
+    if quantization_config is not None and not (args.fsdp or _launched_with_fsdp()):
+        # Under FSDP every parameter must keep the 4-bit storage dtype; this would cast the others to float32.
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -203,10 +204,18 @@ def _device_map(args) -> dict | None:
     from accelerate import DistributedType, PartialState
 
     state = PartialState()
-    sharded = state.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    if args.use_cpu or state.device.type == "cpu" or args.deepspeed or args.fsdp or sharded:
+    if args.use_cpu or state.device.type == "cpu" or args.deepspeed or args.fsdp:
+        return None
+    if state.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         return None
     return {"": state.local_process_index}
+
+
+def _launched_with_fsdp() -> bool:
+    """Whether `accelerate launch` started this process with an FSDP config."""
+    from accelerate import DistributedType, PartialState
+
+    return PartialState().distributed_type == DistributedType.FSDP
 
 
 def set_reference_adapter(model, reference_adapter: str | None, disable_dropout: bool = True) -> None:

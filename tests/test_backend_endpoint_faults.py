@@ -67,6 +67,9 @@ def test_the_judge_finishes_through_every_kind_of_fault_and_counts_them(server):
     assert judge_stats["judge_retries"] == 1
     assert stats["requests"] == proxy.posts == judge_stats["judge_requests"] + 5
     assert proxy.injected["garble"] == 1 and sum(proxy.injected.values()) == proxy.posts
+    counters = backend.counters()
+    assert counters["endpoint_retries_connection"] == 2 and counters["endpoint_schema_invalid"] == 1
+    assert counters["endpoint_requests"] == proxy.posts and all(isinstance(v, int) for v in counters.values())
 
 
 def test_a_request_that_times_out_is_sent_again(server):
@@ -121,3 +124,4 @@ def test_a_dead_endpoint_keeps_the_checkpointed_feedback_and_a_rerun_finishes(se
     assert (out / "adapters" / "M1" / "adapter_config.json").is_file()
     card = DatasetCard.load(out / "iter-0" / "feedback" / "README.md").data.rlrf
     assert card["feedback_model"]["backend"] == "endpoint"
+    assert card["endpoint"]["endpoint_requests"] > 0, "the endpoint's request and failure counts are on the card"

@@ -181,6 +181,17 @@ class EndpointBackend:
     def stats(self) -> dict[str, Any]:
         return {"dialects": self.dialects, **self._stats.as_dict()}
 
+    def counters(self, prefix: str = "endpoint_") -> dict[str, int]:
+        """`stats` as flat numbers (`endpoint_requests`, `endpoint_retries_timeout`, ...), which add up across
+        workers like the judge's own statistics."""
+        flat = {}
+        for key, value in self._stats.as_dict().items():
+            if isinstance(value, int):
+                flat[f"{prefix}{key}"] = value
+            elif key in ("retries", "failures"):
+                flat.update({f"{prefix}{key}_{reason}": count for reason, count in value.items()})
+        return flat
+
     def close(self) -> None:
         """Stop the server this backend started, if any (also done when the backend is garbage collected)."""
         if self._finalizer is not None:
