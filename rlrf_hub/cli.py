@@ -119,9 +119,12 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=0, help="port (default: 0, a free one; the URL is printed)")
     serve.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` for writes")
     serve.set_defaults(handler=_hub_serve)
-    __import__("rlrf_hub.evaluation.report_cmd", fromlist=["add_parser"]).add_parser(commands)
-    __import__("rlrf_hub.evaluation.cli", fromlist=["add_parser"]).add_parser(commands)
-    __import__("rlrf_hub.serving.cli", fromlist=["add_parser"]).add_parser(commands)
+    from .evaluation import cli as evaluate_cli
+    from .evaluation import report_cmd
+    from .serving import cli as serve_cli
+
+    for command in (report_cmd, evaluate_cli, serve_cli):
+        command.add_parser(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ import torch
 
 from rlrf_hub.hub.server import serve
 from rlrf_hub.hub.store import Operation, Store
-from rlrf_hub.serving import spawn_server, start_server
+from rlrf_hub.serving.launch import spawn_server, start_server
 
 PROMPT = "Write one word:"
 

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import ValidationError as HubValidationError
 
-from rlrf_hub.serving import start_server
+from rlrf_hub.serving.launch import start_server
 
 FEEDBACK_SCHEMA = {
     "type": "object",

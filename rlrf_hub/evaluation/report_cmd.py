@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..publishing import offline_store
 from .results import EvaluationReport
 
 if TYPE_CHECKING:
@@ -103,6 +102,8 @@ def load_hub_run(api: HfApi, repo_id: str, revision: str = "main") -> RunResults
 @contextlib.contextmanager
 def _endpoint_for(output_dir: Path | None, endpoint: str | None) -> Iterator[str | None]:
     """The Hub to read: the one given, `HF_ENDPOINT`, or the run's own offline store served for the command."""
+    from ..publishing import offline_store
+
     endpoint = endpoint or os.environ.get("HF_ENDPOINT")
     store = offline_store(output_dir) if output_dir else None
     if endpoint or store is None or not store.is_dir():
