@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .results import EvaluationReport
 
-SHARED_DATA = Path("../shared/data")
 DESCRIPTION = """Evaluate a policy on GSM8K (zero-shot, greedy, final-number accuracy with a 95% Wilson interval),
 FactScore (biographies split into atomic facts and checked against a knowledge source by the judge) and
 Just-Eval (the judge scores answers 1-5 per aspect). Numbers go to <output>/eval_results.json, each
@@ -112,12 +111,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from .runner import EvaluationSettings
+    from .runner import EvaluationSettings, benchmark_sources
 
     settings = EvaluationSettings(
-        gsm8k_source=args.gsm8k_data or default_data("gsm8k/test.jsonl", "openai/gsm8k"),
-        just_eval_source=args.just_eval_data
-        or default_data("just_eval/just_eval_instruct.jsonl", "re-align/just-eval-instruct"),
+        **benchmark_sources(args.gsm8k_data, args.just_eval_data),
         knowledge_source=args.knowledge_source,
         factscore_topics=args.factscore_topics,
         factscore_demos=args.factscore_demos,
@@ -128,11 +125,6 @@ def _settings(args: argparse.Namespace):
     )
     settings.factscore.num_passages = args.num_passages
     return settings
-
-
-def default_data(relative: str, hub_id: str) -> str:
-    local = SHARED_DATA / relative
-    return str(local) if local.is_file() else hub_id
 
 
 def _policy(args: argparse.Namespace):

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 from ..backends import factory
 from .card_results import find_evaluation, publish_evaluation
-from .cli import default_data
 from .results import EvaluationReport
-from .runner import EvaluationSettings, evaluate_policy
+from .runner import EvaluationSettings, benchmark_sources, evaluate_policy
 
 if TYPE_CHECKING:
     from ..backends.base import GenerationBackend
@@ -54,9 +53,7 @@ def _evaluate(recipe: Recipe, publisher: Publisher, index: int, judge: Generatio
 def _settings(recipe: Recipe) -> EvaluationSettings:
     r = recipe.rlrf
     return EvaluationSettings(
-        gsm8k_source=r.eval_gsm8k_data or default_data("gsm8k/test.jsonl", "openai/gsm8k"),
-        just_eval_source=r.eval_just_eval_data
-        or default_data("just_eval/just_eval_instruct.jsonl", "re-align/just-eval-instruct"),
+        **benchmark_sources(r.eval_gsm8k_data, r.eval_just_eval_data),
         knowledge_source=r.eval_knowledge_source,
         judge_template=r.eval_judge_template,
         max_new_tokens=r.eval_max_new_tokens,

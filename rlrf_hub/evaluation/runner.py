@@ -27,6 +27,7 @@ from .factscore.pipeline import run_factscore
 from .records import TaskOutcome, save_tables
 from .results import EvaluationReport
 
+SHARED_DATA = Path("../shared/data")
 TASKS = (gsm8k.TASK, FACTSCORE, just_eval.TASK)
 JUDGED_TASKS = (FACTSCORE, just_eval.TASK)
 
@@ -53,6 +54,20 @@ class EvaluationSettings:
     judge_retries: int = 1
     factscore: FactScoreSettings = field(default_factory=FactScoreSettings)
     policy_params: SamplingParams | None = None
+
+
+def benchmark_sources(gsm8k_data: str | None = None, just_eval_data: str | None = None) -> dict[str, str]:
+    """GSM8K's and Just-Eval's data: what is given, else the copies under `../shared/data` when they exist there,
+    else the Hub ids (as `EvaluationSettings` fields)."""
+
+    def local_or_hub(relative: str, hub_id: str) -> str:
+        local = SHARED_DATA / relative
+        return str(local) if local.is_file() else hub_id
+
+    return {
+        "gsm8k_source": gsm8k_data or local_or_hub("gsm8k/test.jsonl", gsm8k.HUB_ID),
+        "just_eval_source": just_eval_data or local_or_hub("just_eval/just_eval_instruct.jsonl", just_eval.HUB_ID),
+    }
 
 
 def check_tasks(tasks: Sequence[str], judge: GenerationBackend | None, settings: EvaluationSettings) -> list[str]:
