@@ -1,4 +1,5 @@
-"""LoRA adapters in `rlrf-hub serve`: preloaded, loaded on first use (folder, offline Hub), chosen per request."""
+"""LoRA adapters in `rlrf-hub serve`: folders preloaded at start, Hub adapters loaded on first use (offline Hub),
+chosen per request. Adapter paths a request names are refused: tests/test_serving_security.py."""
 
 import os
 import shutil
@@ -41,7 +42,8 @@ def adapters(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(adapters):
-    with start_server("embedded:tiny", adapters=[str(adapters[0])], threads=1, max_total_tokens=256) as handle:
+    named = [str(adapter) for adapter in adapters]
+    with start_server("embedded:tiny", adapters=named, threads=1, max_total_tokens=256) as handle:
         yield handle
 
 
@@ -61,13 +63,10 @@ def test_adapter_changes_the_samples(server, adapters):
     assert str(adapters[0]) in requests.get(server.url + "/info", timeout=10).json()["adapters"]
 
 
-def test_unloaded_adapter_folder_loads_on_first_use(server, adapters):
-    name = str(adapters[1])
-    assert name not in requests.get(server.url + "/info", timeout=10).json()["adapters"]
-    second = sample(server, name)
-    assert second not in (sample(server), sample(server, str(adapters[0])))
-    assert name in requests.get(server.url + "/info", timeout=10).json()["adapters"]
-    assert sample(server, name) == second
+def test_each_adapter_named_at_start_is_served(server, adapters):
+    samples = [sample(server), sample(server, str(adapters[0])), sample(server, str(adapters[1]))]
+    assert len({tuple(tokens) for tokens in samples}) == 3
+    assert set(map(str, adapters)) <= set(requests.get(server.url + "/info", timeout=10).json()["adapters"])
 
 
 def test_mixed_adapters_in_flight_match_sequential_results(server, adapters):
@@ -90,9 +89,9 @@ def test_chat_model_field_selects_an_adapter(server, adapters, tmp_path):
     assert tuned["model"] == str(adapters[0]) and base["model"] == "embedded:tiny"
     assert tuned["choices"][0]["message"]["content"] != base["choices"][0]["message"]["content"]
     assert chat(adapter_id=str(adapters[0]))["choices"] == tuned["choices"]
-    # A folder the server has not seen is loaded on first use through `model` too.
+    # A folder not named at start is not loaded: like any name that is no adapter, it means the base model.
     copy = shutil.copytree(adapters[0], tmp_path / "copy-of-a")
-    assert chat(model=str(copy))["choices"] == tuned["choices"]
+    assert chat(model=str(copy))["choices"] == base["choices"]
     # OpenAI clients put any model name there: one that is no adapter means the base model.
     for name in ("dummy", "embedded:tiny", "nobody/not-an-adapter"):
         other = chat(model=name)

@@ -318,9 +318,11 @@ def test_validation_errors_have_tgi_shape(server, conforms, path, body, needle):
     assert needle in response.json()["error"]
 
 
-def test_malformed_json_body(server):
+def test_malformed_json_body(server, conforms):
+    """A body that is not JSON is 400, as TGI's JSON extractor answers it (tests/test_serving_security.py has more)."""
     response = requests.post(server.url + "/generate", data=b"{not json", timeout=10)
-    assert response.status_code == 422 and response.json()["error_type"] == "validation"
+    assert response.status_code == 400 and response.json()["error_type"] == "validation"
+    conforms(response.json(), "ErrorResponse")
 
 
 def test_queue_full_is_429_and_a_closed_stream_is_cancelled(tiny_model, conforms):

@@ -7,9 +7,13 @@ import logging
 import signal
 import sys
 
+from .protocol import DEFAULT_PAYLOAD_LIMIT
+
 SERVE_HELP = """Serve a transformers causal LM with text-generation-inference's HTTP API: /generate, /generate_stream,
 /v1/chat/completions (streaming too), /info, /health, /metrics, /v1/models. Concurrent requests are batched,
-JSON-schema and regex grammars constrain decoding, and LoRA adapters are chosen per request with `adapter_id`.
+JSON-schema and regex grammars constrain decoding, and LoRA adapters are chosen per request with `adapter_id`:
+those named with --adapter, or Hub adapters (owner/name[@rev]) fetched from HF_ENDPOINT on first use; a request
+cannot load a local folder. Malformed requests get 400, bodies over --payload-limit 413.
 The URL is printed on one line once the server accepts requests."""
 
 
@@ -22,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--adapter",
         action="append",
         default=[],
-        metavar="REPO[@REV]",
-        help="preload a LoRA adapter (a local folder or Hub repo); repeatable. Requests select it with "
-        "adapter_id=REPO[@REV] (chat: model=...). Other adapters load on first use.",
+        metavar="REPO[@REV]|FOLDER",
+        help="preload a LoRA adapter (a Hub repo or a local folder); repeatable. Requests select it with "
+        "adapter_id=REPO[@REV] or the folder as given here (chat: model=...). These are the only local folders "
+        "the server loads adapters from; other Hub adapters load on first use.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: 0, a free one; the URL is printed)")
@@ -47,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads for generation (default: torch's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument(
+        "--payload-limit",
+        type=int,
+        default=DEFAULT_PAYLOAD_LIMIT,
+        help=f"largest request body in bytes; larger ones get 413 (default: {DEFAULT_PAYLOAD_LIMIT})",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -63,6 +74,7 @@ def config_from_args(args: argparse.Namespace):
         batch_window_ms=args.batch_window_ms,
         threads=args.threads,
         device=args.device,
+        payload_limit=args.payload_limit,
     )
 
 

@@ -25,6 +25,22 @@ class ValidationError(ServingError):
         super().__init__(f"Input validation error: {message}")
 
 
+class RequestRefused(ServingError):
+    """A request refused before it is parsed: malformed (400: HTTP framing, not UTF-8, not JSON, nested too
+    deeply), too large (413), or too slow to arrive (408).
+
+    TGI's HTTP layer (axum) answers these with the same statuses (400 for a body that is not JSON, 413 over
+    `--payload-limit`); the body keeps TGI's error shape with the `validation` type, so `huggingface_hub` clients
+    raise their `ValidationError` for these too.
+    """
+
+    error_type = "validation"
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class GenerationError(ServingError):
     """Generation failed inside the model or the decoder (424)."""
 

@@ -3,8 +3,9 @@
     with start_server("embedded:tiny") as server:
         InferenceClient(server.url).text_generation("Hi", max_new_tokens=8)
 
-Extra keyword `options` are `ServeConfig` fields: `max_input_tokens`, `max_total_tokens`, `max_queue`,
-`batch_window_ms`, `threads` (torch threads of the generation thread), `device`.
+`adapters` are loaded at start and are the only local folders the server loads adapters from; requests may add
+Hub adapters. Extra keyword `options` are `ServeConfig` fields: `max_input_tokens`, `max_total_tokens`, `max_queue`,
+`batch_window_ms`, `threads` (torch threads of the generation thread), `device`, `payload_limit` (bytes).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from .errors import ValidationError
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N_TOKENS = 5
 API_VERSION = "3.3.6"
+DEFAULT_PAYLOAD_LIMIT = 64 * 1024 * 1024  # bytes of a request body; TGI's `--payload-limit` (its default is 2 MB)
 
 _FINISH_TO_OPENAI = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 

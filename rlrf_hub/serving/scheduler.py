@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import AdapterRegistry
+from .adapters import AdapterRegistry, unknown_adapter
 from .engine import Batch, Engine, Sequence, merge
 from .errors import GenerationError, OverloadedError, ServingError, ValidationError
 from .metrics import ServerMetrics
@@ -168,14 +168,17 @@ class Scheduler:
             return internal
         path = self.adapters.take_pending(name)
         if path is None:
-            raise ValidationError(f"unknown `adapter_id` {name!r}")
+            raise unknown_adapter(name)
         self._adapter_count += 1
         internal = f"adapter_{self._adapter_count}"
         try:
             self.engine.attach_adapter(str(path), internal)
         except Exception as err:
+            logger.warning("adapter %r cannot be loaded onto this model: %s", name, err)
             self.adapters.drop_pending(name)
-            raise ValidationError(f"adapter {name!r} cannot be loaded onto this model: {err}") from err
+            raise ValidationError(
+                f"adapter {name!r} cannot be loaded onto this model ({type(err).__name__}; see the server log)"
+            ) from err
         self.adapters.mark_loaded(name, internal)
         return internal
 

@@ -3,19 +3,41 @@
 Errors found before the first token (validation, a full queue) are answered with their HTTP status even on streaming
 routes; an error after the stream started is sent as a final `data:{"error": ..., "error_type": ...}` event, which
 is how TGI reports it. A client that goes away mid-stream cancels its rows.
+
+The socket side is `rlrf_hub.httpd`: a listen backlog of 128, a bounded pool of handler threads (enough for every
+request the scheduler may hold) and an idle timeout per connection. A request that cannot be read is answered, never
+dropped or waited on forever, as TGI's HTTP layer answers it: 400 for broken framing (`Content-Length`, chunk sizes)
+or a body that is not JSON (not UTF-8, bad syntax, nested deeper than 64), 413 for a body over the payload limit,
+408 for a body that stalls; JSON that is valid but not a valid request stays TGI's 422. These answers carry TGI's
+error body with the `validation` type, and close the connection in a way that lets the client read them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import sys
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import IncompleteGenerationError, ServingError, ValidationError
+from ..httpd import (
+    IDLE_TIMEOUT_S,
+    MAX_WORKERS,
+    READ_CHUNK,
+    BadRequest,
+    BoundedHTTPServer,
+    content_length,
+    discard_body,
+    is_chunked,
+    parse_json,
+    read_body,
+)
+from .errors import IncompleteGenerationError, RequestRefused, ServingError
 from .protocol import (
     SequenceResult,
     chat_chunk,
@@ -31,22 +53,33 @@ from .service import PreparedJob, TextGenerationService
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
+SPARE_WORKERS = 8
+DRAIN_BYTES = 256 * 1024 * 1024
+DRAIN_S = 10.0
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
-class ServeHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class ServeHTTPServer(BoundedHTTPServer):
+    """The service behind a `BoundedHTTPServer` with a handler thread for every request the scheduler may hold
+    (running and queued) and a few spare for `/health` and `/metrics`; further clients wait in the listen backlog."""
 
     def __init__(self, address: tuple[str, int], service: TextGenerationService):
-        super().__init__(address, ServeHandler)
+        config = service.config
+        workers = max(MAX_WORKERS, config.max_batch_size + config.max_queue + SPARE_WORKERS)
+        super().__init__(address, ServeHandler, max_workers=workers)
         self.service = service
+        self.payload_limit = config.payload_limit
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], _DISCONNECTS):
+            logger.debug("client %s went away", client_address[0])
+        else:
+            logger.exception("connection from %s failed", client_address[0])
 
 
 class ClientGone(Exception):
@@ -56,6 +89,7 @@ class ClientGone(Exception):
 class ServeHandler(BaseHTTPRequestHandler):
     server: ServeHTTPServer
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         logger.debug("%s " + format, self.address_string(), *args)
@@ -65,43 +99,73 @@ class ServeHandler(BaseHTTPRequestHandler):
         return self.server.service
 
     # Plumbing ---------------------------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, close: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, data: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
+    def _json(self, data: Any, status: int = 200, close: bool = False) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json", close)
 
     def _error(self, error: ServingError) -> None:
         self._json(error.body(), error.status)
 
-    def _read_body(self) -> Any:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raw = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                raw += self.rfile.read(size)
-                self.rfile.readline()
-                if len(raw) > MAX_BODY_BYTES:
-                    raise ValidationError("request body is too large")
-        else:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                self.close_connection = True
-                raise ValidationError("request body is too large")
-            raw = self.rfile.read(length) if length else b""
+    def _read_json(self) -> Any:
+        """The request body as JSON; `RequestRefused` when it cannot be (400, 413, 408), `ConnectionError` when the
+        client left mid-body."""
+        if is_chunked(self.headers) and "Content-Length" in self.headers:
+            self.close_connection = True  # framing that disagrees must not decide where the next request starts
         try:
-            return json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValidationError(f"request body is not valid JSON: {err}") from None
+            return parse_json(read_body(self.rfile, self.headers, self.server.payload_limit))
+        except BadRequest as err:
+            raise RequestRefused(err.status, err.message) from None
+        except TimeoutError:
+            raise RequestRefused(408, f"request body timed out: nothing arrived for {self.timeout:g} s") from None
+
+    def _refuse(self, error: RequestRefused) -> None:
+        """Answer with `error` and close the connection so that the client gets to read the answer.
+
+        Closing a socket with input still unread resets the connection, and a reset can discard the answer before
+        the client reads it (typically a client still sending a body over the limit). So the write side is shut
+        first, then what the client still sends is read and dropped, up to `DRAIN_BYTES` or `DRAIN_S` seconds.
+        """
+        self.close_connection = True
+        try:
+            self._json(error.body(), error.status, close=True)
+            self.connection.shutdown(socket.SHUT_WR)
+            self._drain()
+        except OSError:
+            pass
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + DRAIN_S
+        left = DRAIN_BYTES
+        while left > 0 and time.monotonic() < deadline:
+            self.connection.settimeout(max(deadline - time.monotonic(), 0.01))
+            data = self.rfile.read1(min(left, READ_CHUNK))
+            if not data:
+                return
+            left -= len(data)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """`http.server`'s own refusals (a bad request line, headers too long, an unknown method) in TGI's shape."""
+        if self.request_version == "HTTP/0.9":  # not spoken here: answer with a status line all the same
+            self.request_version = self.protocol_version
+        self._refuse(RequestRefused(code, message or explain or HTTPStatus(code).phrase))
+
+    def handle_expect_100(self) -> bool:
+        """Refuse a body over the limit (or a malformed length) before the client sends it."""
+        try:
+            content_length(self.headers, self.server.payload_limit)
+        except BadRequest as err:
+            self._refuse(RequestRefused(err.status, err.message))
+            return False
+        return super().handle_expect_100()
 
     def _start_stream(self) -> None:
         self._streaming = True
@@ -127,6 +191,7 @@ class ServeHandler(BaseHTTPRequestHandler):
 
     # Routes -----------------------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
+        discard_body(self, self.server.payload_limit)
         path = urlsplit(self.path).path.rstrip("/") or "/"
         if path == "/health":
             if self.service.scheduler.alive:
@@ -153,21 +218,24 @@ class ServeHandler(BaseHTTPRequestHandler):
             "/v1/chat/completions": self._chat,
         }
         route = routes.get(path)
-        try:
-            body = self._read_body()
-        except ValidationError as err:
-            self.close_connection = True
-            self._error(err)
-            return
         if route is None:
+            discard_body(self, self.server.payload_limit)
             self._json({"error": f"no route POST {path}", "error_type": "not_found"}, 404)
+            return
+        try:
+            body = self._read_json()
+        except RequestRefused as err:
+            self._refuse(err)
+            return
+        except OSError:  # the client left mid-body: nobody to answer
+            self.close_connection = True
             return
         self._streaming = False
         try:
             route(body)
         except ServingError as err:
             self._error(err)
-        except ClientGone:
+        except (ClientGone, *_DISCONNECTS):
             self.close_connection = True
         except Exception as err:  # a bug, not the request's fault: answer it (if still possible) and keep serving
             logger.exception("request to %s failed", path)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__ as package_version
-from .adapters import AdapterRegistry, download_adapter, parse_adapter_spec
+from .adapters import AdapterRegistry, parse_adapter_spec, startup_adapter
 from .constraints import compile_grammar, make_constraint
 from .engine import Engine
 from .engine import Sequence as Row
@@ -18,6 +18,7 @@ from .errors import ServingError, ValidationError
 from .metrics import ServerMetrics
 from .protocol import (
     API_VERSION,
+    DEFAULT_PAYLOAD_LIMIT,
     MAX_STOP_SEQUENCES,
     MAX_TOP_N_TOKENS,
     ChatInput,
@@ -33,7 +34,11 @@ DEFAULT_MAX_TOTAL_TOKENS = 4096
 
 @dataclass
 class ServeConfig:
-    """Everything `rlrf-hub serve` is started with."""
+    """Everything `rlrf-hub serve` is started with.
+
+    `adapters` are the only local folders adapters may be loaded from (requests may add Hub adapters);
+    `payload_limit` is the largest request body in bytes (TGI's `--payload-limit`), larger ones get 413.
+    """
 
     model: str
     revision: str | None = None
@@ -45,9 +50,12 @@ class ServeConfig:
     batch_window_ms: float = 5.0
     threads: int | None = None
     device: str | None = None
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
 
     def __post_init__(self):
         self.adapters = tuple(self.adapters)
+        if self.payload_limit < 1:
+            raise ValueError(f"payload_limit must be positive, got {self.payload_limit}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be positive, got {self.max_batch_size}")
         if self.max_queue < 0:
@@ -89,10 +97,10 @@ class TextGenerationService:
         self.max_input_tokens, self.max_total_tokens = _token_limits(config, model)
         self.engine = Engine(model, self.tokenizer)
         self.adapters = AdapterRegistry()
-        for index, spec in enumerate(config.adapters):
-            name = parse_adapter_spec(spec).name
-            self.engine.attach_adapter(str(download_adapter(parse_adapter_spec(spec))), f"preloaded_{index}")
-            self.adapters.mark_loaded(name, f"preloaded_{index}")
+        for index, text in enumerate(config.adapters):
+            spec = parse_adapter_spec(text)
+            self.engine.attach_adapter(str(startup_adapter(spec)), f"preloaded_{index}")
+            self.adapters.mark_loaded(spec.name, f"preloaded_{index}", spec.location)
         self.metrics = ServerMetrics()
         self.scheduler = Scheduler(
             self.engine,
