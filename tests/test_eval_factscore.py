@@ -3,6 +3,8 @@ import math
 
 import pytest
 
+from rlrf_hub.backends.base import Generation
+from rlrf_hub.evaluation.card_results import headline_table, model_index
 from rlrf_hub.evaluation.factscore import (
     BM25,
     FactDecomposer,
@@ -20,8 +22,10 @@ from rlrf_hub.evaluation.factscore import (
     split_sentences,
     summarize,
 )
-from rlrf_hub.evaluation.factscore.decompose import facts_schema, parse_facts
+from rlrf_hub.evaluation.factscore.decompose import facts_schema, parse_facts, states_nothing
+from rlrf_hub.evaluation.factscore.pipeline import run_factscore
 from rlrf_hub.evaluation.factscore.verify import parse_support, verify_messages
+from rlrf_hub.evaluation.results import EvaluationReport
 
 LABELED = ("ChatGPT", "InstructGPT", "PerplexityAI")
 
@@ -234,3 +238,73 @@ def test_judge_agreement_with_human_labels_on_a_few_facts(data_dir, tiny_model, 
     human = [sum(f.label == "S" for f in r.facts[:3]) / 3 for r in chosen]
     assert report.human_factscore == pytest.approx(100 * sum(human) / 2)
     assert report.factscore_error == pytest.approx(report.judge_factscore - report.human_factscore)
+
+
+class LazyJudge:
+    """Stands in for a small judge under constrained decoding: it gives the shortest reply the schema accepts (as
+    few facts as `minItems` allows, each the sentence itself) and calls every fact supported."""
+
+    model_id, revision, adapter = "lazy-judge", None, None
+
+    def __init__(self):
+        self.sentences: list[str] = []
+
+    def generate(self, requests, params, desc=None):
+        replies = []
+        for request in requests:
+            properties = request.json_schema["properties"]
+            if "facts" in properties:
+                sentence = request.messages[0]["content"].rsplit("Sentence: ", 1)[1].split("\n")[0]
+                self.sentences.append(sentence)
+                reply = {"facts": [sentence] * properties["facts"]["minItems"]}
+            else:
+                reply = {"supported": True}
+            replies.append([Generation(json.dumps(reply), 8, "stop")])
+        return replies
+
+
+class BioPolicy:
+    model_id, revision, adapter = "bio-policy", None, None
+
+    def generate(self, requests, params, desc=None):
+        text = "Sure!\nHere is a short bio:\n{0} was born in Lyon. {0} played football for Lille. I hope this helps!"
+        topics = [request.messages[0]["content"].removeprefix("Tell me a bio of ").rstrip(".") for request in requests]
+        return [[Generation(text.format(topic), 30, "stop")] for topic in topics]
+
+
+def test_states_nothing_sets_aside_only_sentences_without_claims():
+    for sentence in ("Sure!", "Here is a short bio:", "Who is she?", "I hope this helps!", "Let me know more."):
+        assert states_nothing(sentence), sentence
+    for sentence in ("Sure enough, he won the cup in 1998.", "She was born in Lyon.", "Thanks to him, Lille won."):
+        assert not states_nothing(sentence), sentence
+
+
+def test_a_lazy_constrained_judge_still_yields_facts(wikipedia):
+    """The CPU run's FactScore was 0 for every model: its judge answered `{"facts": []}` for each sentence, which the
+    schema allowed, so no fact was checked and the score was undefined; the table then showed the abstention rate
+    (0 [0, 56.15]) in the FactScore column. The default settings must give a lazy judge no such way out."""
+    judge = LazyJudge()
+    topics = wikipedia.titles()[:2]
+    outcome = run_factscore(BioPolicy(), FactScorer(judge, wikipedia), topics)
+    by_metric = {result.metric: result for result in outcome.results}
+    assert by_metric["factscore"].value == 100.0 and by_metric["factscore"].n == 2
+    assert by_metric["facts_per_response"].value == 2
+    assert by_metric["factscore"].item_ids == topics and by_metric["factscore"].item_values == [100.0, 100.0]
+    assert len(judge.sentences) == 4 and not any(states_nothing(sentence) for sentence in judge.sentences)
+    labelled = {"M0": EvaluationReport("policy", results=outcome.results)}
+    assert headline_table(labelled)[1][0][1] == "100 [100, 100]"
+
+
+def test_factscore_without_facts_is_undefined_with_its_reason(wikipedia):
+    """With empty fact lists allowed the same judge checks nothing: FactScore is reported as undefined, with the
+    reason, and the table says so instead of showing another metric."""
+    scorer = FactScorer(LazyJudge(), wikipedia, settings=FactScoreSettings(min_facts_per_sentence=0))
+    outcome = run_factscore(BioPolicy(), scorer, wikipedia.titles()[:3])
+    factscore = next(result for result in outcome.results if result.metric == "factscore")
+    assert factscore.value is None and factscore.n == 0
+    assert factscore.undefined == "no answer to score: of 3, 0 abstained and 3 yielded no atomic fact"
+    assert "factscore_length_penalized" not in {result.metric for result in outcome.results}
+    labelled = {"M0": EvaluationReport("policy", results=outcome.results)}
+    headers, rows = headline_table(labelled)
+    assert rows[0][headers.index("FactScore")] == f"undefined ({factscore.undefined})"
+    assert model_index(labelled["M0"]) == [] or all(e.metric_type != "factscore" for e in model_index(labelled["M0"]))

@@ -51,13 +51,16 @@ def hub(tmp_path_factory):
 
 
 def make_report(t: int, gsm8k: float, factscore: float, just_eval: float, adapter: str | None = None):
+    """The GSM8K result carries per-item outcomes: the first `40 * gsm8k` of 40 items right."""
+    right = round(40 * gsm8k)
+    items = {"item_ids": [f"p-{i}" for i in range(40)], "item_values": [1.0] * right + [0.0] * (40 - right)}
     return EvaluationReport(
         model="tiny",
         adapter=adapter if t else None,
         adapter_revision=f"iter-{t}" if t else None,
         iteration=t,
         results=[
-            TaskResult("gsm8k", "accuracy", gsm8k, 40, gsm8k - 0.12, gsm8k + 0.13, None, "openai/gsm8k"),
+            TaskResult("gsm8k", "accuracy", gsm8k, 40, gsm8k - 0.12, gsm8k + 0.13, None, "openai/gsm8k", **items),
             TaskResult("factscore", "factscore", factscore, 12, factscore - 0.1, factscore + 0.1, JUDGE),
             TaskResult("just_eval", "average", just_eval, 8, just_eval - 0.4, just_eval + 0.4, JUDGE),
         ],
@@ -102,7 +105,18 @@ def publish_run(publisher) -> None:
     publish_evaluation(publisher, 2, {"M2": make_report(2, 0.3, 0.55, 3.4, repo), "M1-reward-only": baseline})
 
 
+# (row start, row end) of the paired table: exact McNemar p of 2 / 0 discordant items is 2 / 2**2, of 4 / 0 2 / 2**4.
+PAIRED_ROWS = [
+    ("| M1 | GSM8K | 40 | +5.00 [-", "] | 0.5000 | 2 / 0 |"),
+    ("| M2 | GSM8K | 40 | +10.00 [+", "] | 0.1250 | 4 / 0 |"),
+    ("| M1-reward-only | GSM8K | 40 | +0.00 [-", "] | 1.0000 | 0 / 0 |"),
+]
+
+
 def check_outputs(folder: Path, printed: str) -> None:
+    """The table, the paired comparisons against M0 (GSM8K carries per-item outcomes), and the plumbing-check
+    warning (40 items per model are too few)."""
+    assert "Paired against M0" in printed and "Plumbing check" in printed and "rlrf-gsm8k.yaml" in printed
     for row in EXPECTED_ROWS:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert any(all(cell in line for cell in cells) for line in printed.splitlines()), (row, printed)
@@ -110,6 +124,9 @@ def check_outputs(folder: Path, printed: str) -> None:
     assert "| model | trained | pairs | Just-Eval avg | FactScore | GSM8K |" in markdown
     for row in EXPECTED_ROWS:
         assert row in markdown
+    for start, end in PAIRED_ROWS:
+        assert any(line.startswith(start) and end in line for line in markdown.splitlines()), (start, markdown)
+    assert "**Plumbing check, not a measurement" in markdown
     assert f"`{JUDGE}`" in markdown and "![results](results.png)" in markdown
     for name in PLOTS:
         assert (folder / name).read_bytes().startswith(PNG_MAGIC), name
@@ -152,6 +169,25 @@ def test_report_of_a_run_published_to_folders(tmp_path, capsys):
     assert main(["report", str(out), "--output", str(tmp_path / "report")]) == 0
     printed = capsys.readouterr().out
     check_outputs(tmp_path / "report", printed)
+    card = (out / "adapters" / "M2" / "README.md").read_text()
+    assert "**Plumbing check, not a measurement" in card
+    for start, end in PAIRED_ROWS:
+        assert any(line.startswith(start) and end in line for line in card.splitlines()), (start, card)
+
+
+def test_report_adds_another_runs_models_as_baselines(tmp_path, capsys):
+    """`--baseline NAME=RUN`: the other run's M1 and M2 become rows M1-NAME and M2-NAME, paired with this run's M0."""
+    publish_run(FolderPublisher(tmp_path / "run"))
+    other = FolderPublisher(tmp_path / "other")
+    publish_run(other)
+    args = ["report", str(tmp_path / "run"), "--baseline", f"ro={tmp_path / 'other'}", "--output", str(tmp_path / "r")]
+    assert main(args) == 0
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "| M1-ro | DPO from M0 | 13 | 3.5 [3.1, 3.9] |" in markdown
+    assert "| M2-ro | DPO from M1 | 23 |" in markdown and "M1-reward-only-ro" not in markdown
+    assert "| M2-ro | GSM8K | 40 | +10.00 [" in markdown
+    assert main(["report", str(tmp_path / "run"), "--baseline", "no-equals-sign"]) == 2
+    assert "expected NAME=RUN" in capsys.readouterr().err
 
 
 def test_report_errors_name_what_is_missing(tmp_path, capsys):

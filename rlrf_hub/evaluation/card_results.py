@@ -53,6 +53,7 @@ from huggingface_hub.hf_api import RepoFile
 
 from ..cards import CARDS_DIR
 from .results import RESULTS_FILE, EvaluationReport, TaskResult
+from .stats import BINARY_METHOD, PAIRED_METHODS, PairedComparison, paired_comparison
 
 TASK_TYPE = "text-generation"
 SOURCE_NAME = "rlrf-hub evaluation"
@@ -61,6 +62,8 @@ EVAL_RESULTS_DIR = ".eval_results"
 RESULT_PREFIXES = (f"{RESULTS_DIR}/", f"{EVAL_RESULTS_DIR}/")
 SECTION_START, SECTION_END = "<!-- rlrf-results:start -->", "<!-- rlrf-results:end -->"
 SECTION_TEMPLATE = CARDS_DIR / "results_section.md"
+MIN_INFORMATIVE_ITEMS = 100
+SCIENCE_RECIPE = "recipes/smollm2-135m-cpu/rlrf-gsm8k.yaml"
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MODEL_LABEL = re.compile(r"^M(\d+)$")
@@ -230,8 +233,10 @@ def find_result(report: EvaluationReport | None, task: str, metric: str) -> Task
 
 
 def headline_metric(task: str, metrics: list[str]) -> str | None:
-    """The metric that stands for a benchmark in the summary table: the first known name, else the first metric."""
-    return next((name for name in benchmark(task).headline if name in metrics), metrics[0] if metrics else None)
+    """The metric that stands for a benchmark in the summary table: the first known name, else the first metric that
+    is not a diagnostic (an abstention rate must never stand in for a missing score)."""
+    scores = [name for name in metrics if name not in benchmark(task).diagnostics]
+    return next((name for name in benchmark(task).headline if name in metrics), scores[0] if scores else None)
 
 
 def format_value(value: float | None) -> str:
@@ -241,9 +246,12 @@ def format_value(value: float | None) -> str:
 
 
 def format_result(result: TaskResult | None, with_n: bool = False) -> str:
-    """`value [low, high]`, the bracket when the interval is known; `-` when there is no result."""
+    """`value [low, high]`, the bracket when the interval is known; `-` when there is no result; `undefined (why)`
+    when the evaluator could not compute the number."""
     if result is None:
         return "-"
+    if result.value is None:
+        return f"undefined ({result.undefined})" if result.undefined else "undefined"
     text = format_value(result.value)
     if result.ci_low is not None and result.ci_high is not None:
         text += f" [{format_value(result.ci_low)}, {format_value(result.ci_high)}]"
@@ -254,6 +262,97 @@ def format_result(result: TaskResult | None, with_n: bool = False) -> str:
 
 def judges_of(labelled: Mapping[str, EvaluationReport]) -> list[str]:
     return sorted({r.judge for report in labelled.values() for r in report.results if r.judge})
+
+
+def headline_results(labelled: Mapping[str, EvaluationReport]) -> dict[str, dict[str, TaskResult]]:
+    """`{task: {label: result}}` of each benchmark's headline metric, for the models that have it."""
+    found: dict[str, dict[str, TaskResult]] = {}
+    for task in tasks_of(labelled):
+        metric = headline_metric(task, metrics_of(labelled, task))
+        for label, report in labelled.items():
+            result = find_result(report, task, metric)
+            if result is not None:
+                found.setdefault(task, {})[label] = result
+    return found
+
+
+def plumbing_check(labelled: Mapping[str, EvaluationReport]) -> str | None:
+    """A warning when a benchmark's headline number rests on fewer than `MIN_INFORMATIVE_ITEMS` items for some model
+    (or is undefined): its interval is then too wide to tell the models apart, so the table checks the pipeline
+    rather than measuring the models. None when every headline is measured on enough items."""
+    small = [
+        benchmark(task).name
+        for task, results in headline_results(labelled).items()
+        if any(r.value is None or r.n < MIN_INFORMATIVE_ITEMS for r in results.values())
+    ]
+    if not small:
+        return None
+    return (
+        f"Plumbing check, not a measurement: {', '.join(small)} rest(s) on fewer than {MIN_INFORMATIVE_ITEMS} "
+        "items per model, too few for the intervals to tell the models apart. For a measured M0 -> M1 -> M2 "
+        f"comparison with paired statistics see {SCIENCE_RECIPE} and its results in the README."
+    )
+
+
+# Paired comparisons ------------------------------------------------------------------------------------------------
+def paired_against(reference: TaskResult, other: TaskResult) -> PairedComparison | None:
+    """`other` minus `reference` on the items both have an outcome for, matched by item id; None without per-item
+    outcomes or common items. Right/wrong outcomes are compared in percentage points."""
+    if not (reference.item_ids and other.item_ids and reference.item_values and other.item_values):
+        return None
+    base = {i: v for i, v in zip(reference.item_ids, reference.item_values, strict=True) if v is not None}
+    pairs = [
+        (v, base[i]) for i, v in zip(other.item_ids, other.item_values, strict=True) if v is not None and i in base
+    ]
+    if not pairs:
+        return None
+    comparison = paired_comparison([m for m, _ in pairs], [b for _, b in pairs])
+    if comparison.method != BINARY_METHOD:
+        return comparison
+    return dataclasses.replace(
+        comparison,
+        difference=100 * comparison.difference,
+        ci_low=100 * comparison.ci_low,
+        ci_high=100 * comparison.ci_high,
+    )
+
+
+def paired_table(
+    labelled: Mapping[str, EvaluationReport], reference: str = "M0"
+) -> tuple[list[str], list[list[str]]] | None:
+    """A row per model and benchmark: the paired difference against `reference` on the same items, its 95%
+    interval, the p-value, and for right/wrong outcomes the discordant counts. None when nothing pairs up."""
+    rows = []
+    for task, results in headline_results(labelled).items():
+        base = results.get(reference)
+        for label, result in results.items():
+            comparison = paired_against(base, result) if base is not None and label != reference else None
+            if comparison is None:
+                continue
+            discordant = f"{comparison.wins} / {comparison.losses}" if comparison.wins is not None else "-"
+            rows.append(
+                [
+                    label,
+                    benchmark(task).column,
+                    str(comparison.n),
+                    f"{_signed(comparison.difference)} [{_signed(comparison.ci_low)}, {_signed(comparison.ci_high)}]",
+                    format_p(comparison.p_value),
+                    discordant,
+                    comparison.method,
+                ]
+            )
+    if not rows:
+        return None
+    headers = ["model", "benchmark", "paired items", f"difference vs {reference} [95% interval]", "p"]
+    return [*headers, f"only model right / only {reference} right", "method"], rows
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def format_p(p_value: float) -> str:
+    return "<0.0001" if p_value < 1e-4 else f"{p_value:.4f}"
 
 
 # Tables ------------------------------------------------------------------------------------------------------------
@@ -318,10 +417,16 @@ def plot_panels(labelled: Mapping[str, EvaluationReport], panels: list[tuple[str
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (task, metric, panel_title) in zip(axes, panels, strict=False):
         points = [(i, find_result(labelled[label], task, metric)) for i, label in enumerate(own)]
-        _errorbar(ax, [(i, r) for i, r in points if r is not None], "this run", marker="o", linestyle="-")
+        _errorbar(
+            ax,
+            [(i, r) for i, r in points if r is not None and r.value is not None],
+            "this run",
+            marker="o",
+            linestyle="-",
+        )
         for n, label in enumerate(baselines):
             result = find_result(labelled[label], task, metric)
-            if result is not None:
+            if result is not None and result.value is not None:
                 at = _baseline_position(labelled[label], own, ticks.index(label) if not own else None)
                 _errorbar(ax, [(at, result)], label, marker="sDv^P*X"[n % 7], linestyle="none")
         ax.set_xticks(range(len(ticks)), ticks)
@@ -392,9 +497,9 @@ def _metric_args(result: TaskResult) -> dict:
 
 
 def _scores_of(reports: EvaluationReport | Iterable[EvaluationReport]) -> list[TaskResult]:
-    """The results that are scores of the model (see `Benchmark.diagnostics`)."""
+    """The results that are scores of the model (see `Benchmark.diagnostics`) and have a value."""
     report = reports if isinstance(reports, EvaluationReport) else merge_reports(reports)
-    return [r for r in report.results if r.metric not in benchmark(r.task).diagnostics]
+    return [r for r in report.results if r.metric not in benchmark(r.task).diagnostics and r.value is not None]
 
 
 def model_index(
@@ -532,10 +637,14 @@ def results_section(labelled: Mapping[str, EvaluationReport], current: str | Non
     """The card's results section, rendered from `cards/results_section.md`."""
     from jinja2 import Template
 
+    paired = paired_table(labelled)
     return Template(SECTION_TEMPLATE.read_text(), trim_blocks=True, keep_trailing_newline=True).render(
         run=run,
         current=current or "the latest model",
+        plumbing=plumbing_check(labelled),
         headline_table=markdown_table(*headline_table(labelled)),
+        paired_table=markdown_table(*paired) if paired else None,
+        paired_caption=PAIRED_METHODS,
         metrics_table=markdown_table(*metrics_table(labelled)),
         plots=plots,
         judges=", ".join(f"`{judge}`" for judge in judges_of(labelled)),

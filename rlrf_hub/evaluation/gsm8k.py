@@ -6,6 +6,9 @@ the number after the last "the answer is" / "Answer:" (after its last `=` when t
 calculation), else the last number of the reply. Thousands separators, currency signs, units, percent
 signs, trailing punctuation, Markdown emphasis, negative numbers, decimals and fractions are normalised,
 and numbers are compared as exact fractions (`18`, `18.00` and `$18` are one answer).
+
+Each problem is named by the prompt id of its question (`ids.prompt_id`, the id the loop gives RL prompts), so the
+per-item outcomes of two models pair up, and evaluation items can be checked against a run's RL prompts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datasets import Features, Value
 
 from ..backends.base import GenerationBackend, GenerationRequest, SamplingParams
 from ..feedback.verifier import extract_final_number, numbers_equal, reference_number
+from ..ids import prompt_id
 from .records import TaskOutcome, load_records, require_fields
 from .results import TaskResult
 from .stats import wilson_interval
@@ -33,6 +37,7 @@ POLICY_PARAMS = SamplingParams(max_new_tokens=512, temperature=0.0, top_p=1.0, d
 ITEM_FEATURES = Features(
     {
         "index": Value("int32"),
+        "item_id": Value("string"),
         "question": Value("string"),
         "reference_solution": Value("string"),
         "reference_answer": Value("string"),
@@ -89,8 +94,10 @@ def gsm8k_messages(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": PROMPT_TEMPLATE.format(question=question)}]
 
 
-def accuracy_result(correct: Sequence[bool], provenance: dict | None = None) -> TaskResult:
-    """Accuracy in percent with its 95 % Wilson interval."""
+def accuracy_result(
+    correct: Sequence[bool], provenance: dict | None = None, item_ids: Sequence[str] | None = None
+) -> TaskResult:
+    """Accuracy in percent with its 95 % Wilson interval; with `item_ids`, the per-item outcomes (1/0) too."""
     n = len(correct)
     if n == 0:
         raise ValueError("no GSM8K items were evaluated")
@@ -103,6 +110,8 @@ def accuracy_result(correct: Sequence[bool], provenance: dict | None = None) -> 
         ci_low=100 * low,
         ci_high=100 * high,
         **(provenance or {}),
+        item_ids=list(item_ids) if item_ids is not None else None,
+        item_values=[float(value) for value in correct] if item_ids is not None else None,
     )
 
 
@@ -122,6 +131,7 @@ def run_gsm8k(
         rows.append(
             {
                 "index": item.index,
+                "item_id": prompt_id(item.question),
                 "question": item.question,
                 "reference_solution": item.solution,
                 "reference_answer": item.answer,
@@ -132,5 +142,6 @@ def run_gsm8k(
                 "finish_reason": generation.finish_reason,
             }
         )
-    result = accuracy_result([row["correct"] for row in rows], provenance)
+    correct = [row["correct"] for row in rows]
+    result = accuracy_result(correct, provenance, [row["item_id"] for row in rows])
     return TaskOutcome([result], {"items": (rows, ITEM_FEATURES)})

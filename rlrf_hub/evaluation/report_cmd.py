@@ -12,9 +12,16 @@ each `adapters/M<t>/`. The training method and pair count of each model come fro
 
 The Hub is `--endpoint`, else `HF_ENDPOINT`; with neither, a run published to the offline Hub (its `output_dir`
 has `hub.json` naming the store) is read through a `rlrf-hub hub serve` running over that store, or a server
-started for the command. The table is printed, and written with the
-plots to `--output` (default `<output_dir>/report`, or `report-<repo name>` for a repo id): `report.md`,
-`results.png` (the table's columns across the models) and `<task>.png` (every metric of a benchmark).
+started for the command.
+
+Below the table, each model is compared with M0 on the same items where the results carry per-item outcomes
+(`TaskResult.item_ids` / `item_values` in `eval_results.json`): the paired difference, its 95% interval and the
+p-value (exact McNemar and Tango's score interval for GSM8K's right/wrong outcomes; see `stats`). When a benchmark
+rests on fewer than 100 items per model the report says it is a plumbing check and points to the science recipe.
+
+The tables are printed, and written with the plots to `--output` (default `<output_dir>/report`, or
+`report-<repo name>` for a repo id): `report.md`, `results.png` (the table's columns across the models) and
+`<task>.png` (every metric of a benchmark).
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .results import EvaluationReport
+from .stats import PAIRED_METHODS
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 _ITER_TAG = re.compile(r"^iter-(\d+)$")
+_TRAINED = re.compile(r"^M[1-9]\d*$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 METHODS = {"dpo": "DPO", "rs": "RS"}
 
@@ -174,15 +183,29 @@ def summary(results: RunResults) -> tuple[list[str], list[list[str]]]:
     return headline_table(results.reports, training_columns(results))
 
 
-def rich_table(results: RunResults):
+def rich_tables(results: RunResults) -> list:
+    """The benchmark table, the paired comparisons against M0 when the results carry per-item outcomes, and the
+    plumbing-check warning when the benchmarks rest on too few items."""
     from rich.table import Table
+    from rich.text import Text
 
-    from .card_results import judges_of
+    from .card_results import judges_of, paired_table, plumbing_check
 
     headers, rows = summary(results)
     judges = judges_of(results.reports)
+    warning = plumbing_check(results.reports)
+    title = f"Evaluation of {results.name}" + (" (plumbing check)" if warning else "")
     caption = "value [95% interval]" + (f"; judged by {', '.join(judges)}" if judges else "")
-    table = Table(title=f"Evaluation of {results.name}", caption=caption)
+    tables = [_rich(Table(title=title, caption=caption), headers, rows)]
+    paired = paired_table(results.reports)
+    if paired is not None:
+        tables.append(_rich(Table(title="Paired against M0, same items", caption=PAIRED_METHODS), *paired))
+    if warning:
+        tables.append(Text(warning, style="bold"))
+    return tables
+
+
+def _rich(table, headers: list[str], rows: list[list[str]]):
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right")
     for row in rows:
@@ -191,17 +214,22 @@ def rich_table(results: RunResults):
 
 
 def report_markdown(results: RunResults, plots: list[str]) -> str:
-    from .card_results import judges_of, markdown_table, metrics_table
+    from .card_results import judges_of, markdown_table, metrics_table, paired_table, plumbing_check
 
     judges = judges_of(results.reports)
-    lines = [
-        f"# Evaluation of {results.name}",
-        "",
+    warning = plumbing_check(results.reports)
+    lines = [f"# Evaluation of {results.name}", ""]
+    if warning:
+        lines += [f"**{warning}**", ""]
+    lines += [
         f"Read from {results.source}. Each cell: value [95% interval] where the evaluator computed one.",
         "",
         markdown_table(*summary(results)),
         "",
     ]
+    paired = paired_table(results.reports)
+    if paired is not None:
+        lines += ["## Paired against M0, same items", "", PAIRED_METHODS + ".", "", markdown_table(*paired), ""]
     if judges:
         lines += [f"Judge-dependent numbers were rated by {', '.join(f'`{j}`' for j in judges)}.", ""]
     lines += [f"![{Path(plot).stem}]({plot})\n" for plot in plots]
@@ -222,6 +250,33 @@ def write_report(results: RunResults, output: Path) -> list[Path]:
     return [output / "report.md", *(output / name for name in plots)]
 
 
+def with_baselines(results: RunResults, baselines: dict[str, RunResults]) -> RunResults:
+    """`results` plus the trained models of other runs as baseline rows: model `M<t>` (t >= 1) of the run given under
+    `name` becomes `M<t>-<name>` (e.g. `M1-reward-only`). Their M0 and their own baselines are left out: M0 is the
+    same base model, and the paired comparisons use this run's M0."""
+    from .card_results import order_labels
+
+    reports, lineage = dict(results.reports), dict(results.lineage)
+    for name, other in baselines.items():
+        trained = [label for label in other.reports if _TRAINED.match(label)]
+        reports.update({f"{label}-{name}": other.reports[label] for label in trained})
+        lineage.update({f"{label}-{name}": other.lineage[label] for label in trained if label in other.lineage})
+    ordered = {label: reports[label] for label in order_labels(reports)}
+    source = "; ".join([results.source, *(f"{name}: {other.source}" for name, other in baselines.items())])
+    return RunResults(results.name, source, ordered, lineage)
+
+
+def _baseline_specs(specs: list[str]) -> dict[str, str]:
+    """`NAME=RUN` arguments by name; NAME as a model label suffix (letters, digits, `.`, `_`, `-`)."""
+    parsed = {}
+    for spec in specs:
+        name, _, run = spec.partition("=")
+        if not run or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ReportError(f"--baseline {spec!r}: expected NAME=RUN, e.g. reward-only=runs/smollm2-135m-gsm8k-ro")
+        parsed[name] = run
+    return parsed
+
+
 def _default_output(run: str, results: RunResults) -> Path:
     return Path(run) / "report" if Path(run).is_dir() else Path(f"report-{results.name.split('/')[-1]}")
 
@@ -231,17 +286,25 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.console import Console
 
     try:
-        with open_run(args.run, args.endpoint) as results:
+        with contextlib.ExitStack() as stack:
+            results = stack.enter_context(open_run(args.run, args.endpoint))
             if not results.reports:
                 raise ReportError(f"no evaluation results found in {results.source}")
-            written = write_report(results, Path(args.output) if args.output else _default_output(args.run, results))
+            others = {
+                name: stack.enter_context(open_run(run, args.endpoint))
+                for name, run in _baseline_specs(args.baseline).items()
+            }
+            output = Path(args.output) if args.output else _default_output(args.run, results)
+            results = with_baselines(results, others)
+            written = write_report(results, output)
     except (ReportError, HfHubHTTPError, OSError, ValueError) as err:
         print(f"rlrf-hub report: error: {err}", file=sys.stderr)
         return 2
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    console.print(rich_table(results))
+    for table in rich_tables(results):
+        console.print(table)
     for path in written:
         print(path)
     return 0
@@ -258,4 +321,12 @@ def add_parser(commands) -> None:
     report.add_argument("run", help="a run's output_dir, or an adapter repo id <namespace>/<run>-adapter[@revision]")
     report.add_argument("--output", help="folder for report.md and the PNGs (default: <output_dir>/report)")
     report.add_argument("--endpoint", help="the Hub's URL (default: $HF_ENDPOINT, or the run's own offline store)")
+    report.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=RUN",
+        help="add the trained models of another run (output_dir or adapter repo) as rows M<t>-NAME, compared with "
+        "this run's M0; repeatable (e.g. --baseline reward-only=runs/smollm2-135m-cpu-gsm8k-reward-only)",
+    )
     report.set_defaults(handler=_report)

@@ -16,11 +16,17 @@ class TaskResult:
 
     `judge` names the model (and revision or endpoint) behind a judge-dependent number; `None` for
     numbers computed by rule, such as GSM8K accuracy.
+
+    `value` is `None` when the number is undefined on these items (FactScore when no answer had an atomic fact);
+    `undefined` then says why. `item_ids` and `item_values` are the per-item outcomes behind a headline number
+    (GSM8K: prompt id of the question and 1/0 for right/wrong; FactScore: entity and the answer's score in
+    percent, `None` where it has none), so that two models evaluated on the same items can be compared item by
+    item (`stats.paired_comparison`) by anyone holding the results file.
     """
 
     task: str
     metric: str
-    value: float
+    value: float | None
     n: int
     ci_low: float | None = None
     ci_high: float | None = None
@@ -28,6 +34,9 @@ class TaskResult:
     dataset_id: str | None = None
     dataset_revision: str | None = None
     split: str | None = None
+    undefined: str | None = None
+    item_ids: list[str] | None = None
+    item_values: list[float | None] | None = None
 
 
 @dataclass

@@ -64,6 +64,13 @@ _ABBREVIATIONS = {
 _BOUNDARY = re.compile(r"[.!?]+[\"'”’)\]]*(?:\[\d+\])*\s+")
 
 
+_NO_CLAIM = re.compile(
+    r"^(?:sure|certainly|of course|absolutely|okay|ok|hello|hi)\W*$"
+    r"|^(?:i hope|hope this|let me know|feel free|if you have any|is there anything|thank you|thanks(?! to))\b",
+    re.IGNORECASE,
+)
+
+
 @dataclass
 class Demo:
     sentence: str
@@ -93,6 +100,14 @@ def split_sentences(text: str) -> list[str]:
         if line[start:].strip():
             sentences.append(line[start:].strip())
     return sentences
+
+
+def states_nothing(sentence: str) -> bool:
+    """A sentence that makes no claim to check, by rule: an interjection ("Sure!"), a question, an introduction to
+    what follows (ending in a colon), or a closing offer ("I hope this helps", "Let me know ..."). These are not
+    sent to the judge, which is then asked for at least one fact for every other sentence."""
+    text = sentence.strip()
+    return not text or text.endswith(("?", ":")) or _NO_CLAIM.search(text) is not None
 
 
 def load_demos(path: str | Path) -> list[Demo]:
@@ -181,10 +196,13 @@ class FactDecomposer:
             return self.demos
         return [self.demos[i] for i in sorted(self._bm25.top_k(sentence, self.num_demos))]
 
-    def messages(self, topic: str, sentence: str) -> list[dict[str, str]]:
+    def messages(self, topic: str, sentence: str, allow_empty: bool = True) -> list[dict[str, str]]:
+        """The judge's prompt; without `allow_empty` (the schema asks for at least one fact) the examples without
+        facts are left out, so the prompt does not show what the schema forbids."""
         demos = "".join(
             f"Sentence: {demo.sentence}\n{json.dumps({'facts': demo.facts}, ensure_ascii=False)}\n\n"
             for demo in self.examples_for(sentence)
+            if demo.facts or allow_empty
         )
         content = DECOMPOSE_TEMPLATE.format(topic=topic, demos=demos, sentence=sentence)
         return [{"role": "user", "content": content}]

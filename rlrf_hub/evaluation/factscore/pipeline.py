@@ -31,6 +31,7 @@ from .decompose import (
     facts_schema,
     parse_facts,
     split_sentences,
+    states_nothing,
 )
 from .knowledge import KnowledgeSource
 from .scoring import GAMMA, FactScoreSummary, LabeledResponse, ResponseFacts, length_penalty, response_score, summarize
@@ -76,12 +77,20 @@ FACT_FEATURES = Features(
 
 @dataclass
 class FactScoreSettings:
+    """How answers are decomposed and checked.
+
+    `min_facts_per_sentence` is the least number of facts the decomposition schema accepts for a sentence that
+    makes a claim (`decompose.states_nothing` sets aside those that do not). At 0 a small judge under constrained
+    decoding answers `{"facts": []}` for every sentence (the 135M default did, on every biography), which leaves no
+    fact to check and FactScore undefined; 1 makes it name at least one.
+    """
+
     num_passages: int = 5
     gamma: float = GAMMA
     decompose_max_new_tokens: int = 384
     verify_max_new_tokens: int = 16
     max_facts_per_sentence: int = MAX_FACTS_PER_SENTENCE
-    min_facts_per_sentence: int = 0
+    min_facts_per_sentence: int = 1
     fact_max_chars: int = FACT_MAX_CHARS
     judge_retries: int = 1
 
@@ -152,10 +161,14 @@ class FactScorer:
         schema = facts_schema(
             self.settings.max_facts_per_sentence, self.settings.fact_max_chars, self.settings.min_facts_per_sentence
         )
+        allow_empty = self.settings.min_facts_per_sentence == 0
         requests, where = [], []
         for answer, (topic, parts) in enumerate(zip(topics, sentences, strict=True)):
             for index, sentence in enumerate(parts):
-                requests.append(GenerationRequest(self.decomposer.messages(topic, sentence), json_schema=schema))
+                if states_nothing(sentence):
+                    continue
+                messages = self.decomposer.messages(topic, sentence, allow_empty)
+                requests.append(GenerationRequest(messages, json_schema=schema))
                 where.append((answer, index))
         params = replace(JUDGE_PARAMS, max_new_tokens=self.settings.decompose_max_new_tokens)
         replies = ask_judge(self.judge, requests, parse_facts, params, self.settings.judge_retries, "factscore facts")
@@ -255,7 +268,8 @@ def run_factscore(
     failed = sum(
         answer.decompose_failures + sum(f.reply.status == "failed" for f in answer.facts) for answer in scored
     )
-    results = factscore_results(summary, scorer.judge_name, provenance, (failed, asked))
+    per_item = ([item["topic"] for item in items], [_percent(item["score"]) for item in items])
+    results = factscore_results(summary, scorer.judge_name, provenance, (failed, asked), per_item)
     return TaskOutcome(results, {"items": (items, ITEM_FEATURES), "facts": (facts, FACT_FEATURES)})
 
 
@@ -264,18 +278,31 @@ def factscore_results(
     judge: str,
     provenance: dict | None = None,
     judge_failures: tuple[int, int] | None = None,
+    per_item: tuple[list[str], list[float | None]] | None = None,
 ) -> list[TaskResult]:
     """FactScore and its length-penalised variant (percent, mean interval), facts per response, the abstention
-    rate (by rule, so no judge) and, given `(failed, asked)`, the share of judge replies that were unreadable."""
+    rate (by rule, so no judge) and, given `(failed, asked)`, the share of judge replies that were unreadable.
+
+    When no answer was scored, FactScore is undefined: its result has no value and says why (`undefined`), rather
+    than being left out, which let a table fall back to another metric and show it as if it were the score.
+    `per_item` (entities and their answers' scores) goes on the FactScore result.
+    """
     provenance = provenance or {}
-    results = []
-    if summary.factscore is not None:
+    items = {"item_ids": per_item[0], "item_values": per_item[1]} if per_item else {}
+    if summary.factscore is None:
+        reason = undefined_reason(summary, judge_failures)
+        results = [TaskResult(TASK, "factscore", None, 0, judge=judge, undefined=reason, **provenance, **items)]
+    else:
+        results = []
         for metric, value, ci in (
             ("factscore", summary.factscore, summary.ci),
             ("factscore_length_penalized", summary.factscore_length_penalized, summary.length_penalized_ci),
         ):
             low, high = ci or (None, None)
-            results.append(TaskResult(TASK, metric, value, summary.num_scored, low, high, judge, **provenance))
+            extra = items if metric == "factscore" else {}
+            results.append(
+                TaskResult(TASK, metric, value, summary.num_scored, low, high, judge, **provenance, **extra)
+            )
         per_response = summary.facts_per_response
         results.append(
             TaskResult(TASK, "facts_per_response", per_response, summary.num_scored, judge=judge, **provenance)
@@ -309,6 +336,23 @@ def factscore_results(
             )
         )
     return results
+
+
+def undefined_reason(summary: FactScoreSummary, judge_failures: tuple[int, int] | None = None) -> str:
+    """Why no answer could be scored: how many abstained and how many yielded no atomic fact."""
+    if not summary.num_responses:
+        return "no answers"
+    reason = (
+        f"no answer to score: of {summary.num_responses}, {summary.num_abstained} abstained and "
+        f"{summary.num_without_facts} yielded no atomic fact"
+    )
+    if judge_failures and judge_failures[0]:
+        reason += f" ({judge_failures[0]} of {judge_failures[1]} judge replies unreadable)"
+    return reason
+
+
+def _percent(score: float | None) -> float | None:
+    return None if score is None else 100 * score
 
 
 def _tables(scored: Sequence[ScoredAnswer], generations, scorer: FactScorer) -> tuple[list[dict], list[dict]]:
