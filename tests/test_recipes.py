@@ -567,3 +567,56 @@ def test_mixture_sources_are_checked_before_anything_loads():
             as_sources(copy.deepcopy(values), "sft")
     with pytest.raises(MixtureError, match="`label` or both `score_a`"):
         as_sources([{"id": "a/b", "format": "pairwise", "fields": {"score_a": "s"}}], "preference")
+
+
+def test_cpu_gsm8k_recipe_evaluates_held_out_items_and_reports_paired_differences(tmp_path, monkeypatch, capsys):
+    """recipes/smollm2-135m-cpu/rlrf-gsm8k.yaml: RL prompts from GSM8K train, evaluation on the same GSM8K test items
+    for M0 and M1 (none of them an RL prompt), per-item outcomes on the card, and a report that pairs M1 with M0.
+
+    The tiny model never states a right number, so a few general prompts, which its judge does rate 1, are added to
+    give the smoke run a pair to train on."""
+    monkeypatch.chdir(REPO)
+    recipe = RECIPES / "smollm2-135m-cpu" / "rlrf-gsm8k.yaml"
+    assert {s["task"] for s in yaml.safe_load(recipe.read_text())["prompt_sources"]} == {"math"}
+    general = {"path": "../shared/data/prompts/self_instruct_seed_tasks.jsonl", "task": "general"}
+    recipe = edited_copy(recipe, tmp_path / "with-general", lambda values: values["prompt_sources"].append(general))
+    output_dir = run_loop(recipe, tmp_path, None, tasks=("math", "general"), eval_limit=4, eval_max_new_tokens=8)
+
+    from rlrf_hub.evaluation.card_results import read_folder_results
+
+    reports = read_folder_results(output_dir / "adapters" / "M1")
+    gsm8k = {label: next(r for r in reports[label].results if r.task == "gsm8k") for label in ("M0", "M1")}
+    assert gsm8k["M0"].item_ids == gsm8k["M1"].item_ids and len(gsm8k["M0"].item_ids) == 4
+    assert gsm8k["M0"].dataset_id.endswith("gsm8k/test.jsonl")
+    rl_prompts = set(datasets.load_dataset(str(output_dir / "prompts"), split="train")["prompt_id"])
+    assert len(rl_prompts) == 6 and not rl_prompts & set(gsm8k["M0"].item_ids)
+    items = datasets.load_dataset(str(output_dir / "eval" / "M1" / "gsm8k" / "items"), split="train")
+    assert items["item_id"] == gsm8k["M1"].item_ids and [float(c) for c in items["correct"]] == gsm8k["M1"].item_values
+
+    capsys.readouterr()
+    assert main_report(output_dir) == 0
+    printed = capsys.readouterr().out
+    assert "Paired against M0" in printed and "Plumbing check" in printed
+
+
+def test_cpu_gsm8k_reward_only_recipe_trains_on_reward_pairs(reward_model, tmp_path, monkeypatch):
+    """recipes/smollm2-135m-cpu/rlrf-gsm8k-reward-only.yaml: no feedback, one reward-ranked pair per prompt, M1
+    evaluated on the science recipe's GSM8K test items."""
+    monkeypatch.chdir(REPO)
+    recipe = RECIPES / "smollm2-135m-cpu" / "rlrf-gsm8k-reward-only.yaml"
+    science = parse(RECIPES / "smollm2-135m-cpu" / "rlrf-gsm8k.yaml").rlrf
+    baseline = parse(recipe).rlrf
+    for key in ("eval_tasks", "eval_limit", "eval_gsm8k_data", "eval_max_new_tokens", "max_new_tokens"):
+        assert getattr(baseline, key) == getattr(science, key), key
+    output_dir = run_loop(
+        recipe, tmp_path, None, tasks=("math",), reward_model=reward_model, eval_limit=2, eval_max_new_tokens=8
+    )
+    pairs = datasets.load_dataset(str(output_dir / "iter-0" / "pairs"), split="train")
+    assert len(pairs) == 3 and set(pairs["pairing"]) == {"reward_only"}
+    assert (output_dir / "adapters" / "M1" / "eval" / "M1" / "eval_results.json").is_file()
+
+
+def main_report(output_dir: Path) -> int:
+    from rlrf_hub.cli import main
+
+    return main(["report", str(output_dir)])

@@ -2,8 +2,10 @@
 
 Layout of `output_dir`:
 
-    eval_results.json        the `EvaluationReport` (rewritten after each task, so a crash keeps what was done)
-    gsm8k/items/             one row per problem: `load_dataset("<output_dir>/gsm8k/items", split="train")`
+    eval_results.json        the `EvaluationReport` (rewritten after each task, so a crash keeps what was done); the
+                             GSM8K and FactScore results carry their per-item outcomes (`item_ids`, `item_values`)
+    gsm8k/items/             one row per problem: `load_dataset("<output_dir>/gsm8k/items", split="train")`, its
+                             `item_id` the prompt id of the question and `correct` the outcome
     factscore/items/         one row per biography
     factscore/facts/         one row per atomic fact, with the judge's decision and the passages it saw
     just_eval/items/         one row per instruction, with the judge's scores and reasons
