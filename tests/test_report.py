@@ -186,8 +186,30 @@ def test_report_adds_another_runs_models_as_baselines(tmp_path, capsys):
     assert "| M1-ro | DPO from M0 | 13 | 3.5 [3.1, 3.9] |" in markdown
     assert "| M2-ro | DPO from M1 | 23 |" in markdown and "M1-reward-only-ro" not in markdown
     assert "| M2-ro | GSM8K | 40 | +10.00 [" in markdown
+    assert "M1-ro" not in (tmp_path / "run" / "adapters" / "M2" / "README.md").read_text(), "cards only on --publish"
     assert main(["report", str(tmp_path / "run"), "--baseline", "no-equals-sign"]) == 2
     assert "expected NAME=RUN" in capsys.readouterr().err
+
+    assert main([*args, "--publish"]) == 0
+    card = (tmp_path / "run" / "adapters" / "M2" / "README.md").read_text()
+    assert "| M1-ro | 3.5 [3.1, 3.9] |" in card and "| M2-ro | GSM8K | 40 | +10.00 [" in card
+    assert (tmp_path / "run" / "adapters" / "M2" / "eval" / "M2-ro" / "eval_results.json").is_file()
+
+
+def test_report_publishes_baselines_on_the_hub_card(hub, tmp_path):
+    publish_run(HubPublisher("ivy", "run", tmp_path / "work", endpoint=hub))
+    publish_run(HubPublisher("ivy", "other", tmp_path / "other", endpoint=hub))
+    args = ["report", "ivy/run-adapter", "--baseline", "ro=ivy/other-adapter", "--output", str(tmp_path / "out")]
+    assert main([*args, "--publish"]) == 0
+    from huggingface_hub import HfApi
+
+    from rlrf_hub.evaluation.card_results import read_hub_results
+
+    api = HfApi(endpoint=hub)
+    reports, _ = read_hub_results(api, "ivy/run-adapter")
+    assert {"M1-ro", "M2-ro"} <= set(reports) and reports["M2-ro"].adapter == "ns/run-adapter"
+    card = Path(api.hf_hub_download("ivy/run-adapter", "README.md", revision="main")).read_text()
+    assert "| M2-ro | 3.4 [3, 3.8] |" in card and "| M2-ro | GSM8K | 40 | +10.00 [" in card
 
 
 def test_report_errors_name_what_is_missing(tmp_path, capsys):

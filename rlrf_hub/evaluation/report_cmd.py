@@ -32,7 +32,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _ITER_TAG = re.compile(r"^iter-(\d+)$")
 _TRAINED = re.compile(r"^M[1-9]\d*$")
+_OWN = re.compile(r"^M\d+$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 METHODS = {"dpo": "DPO", "rs": "RS"}
 
@@ -55,12 +56,16 @@ class ReportError(RuntimeError):
 
 @dataclass
 class RunResults:
-    """A run's evaluation results by model label, and the `rlrf:` lineage block of each of its adapters."""
+    """A run's evaluation results by model label, and the `rlrf:` lineage block of each of its adapters.
+
+    `publish(reports)` adds `{label: report}` to the results on the card of the run's latest adapter.
+    """
 
     name: str
     source: str
     reports: dict[str, EvaluationReport]
     lineage: dict[str, dict] = field(default_factory=dict)
+    publish: Callable[[dict[str, EvaluationReport]], object] | None = None
 
 
 # Reading (huggingface_hub and card_results are imported here, not at the top: `rlrf-hub --help` stays fast) -------
@@ -68,7 +73,7 @@ def load_folder_run(adapter_dirs: list[Path], name: str) -> RunResults:
     """Results and lineage from local adapter folders; a later folder's report of a model wins."""
     from huggingface_hub import ModelCard
 
-    from .card_results import order_labels, read_folder_results
+    from .card_results import order_labels, publish_results_to_folder, read_folder_results
 
     reports: dict[str, EvaluationReport] = {}
     lineage: dict[str, dict] = {}
@@ -80,7 +85,12 @@ def load_folder_run(adapter_dirs: list[Path], name: str) -> RunResults:
             if block.get("model_name"):
                 lineage[block["model_name"]] = block
     source = ", ".join(str(folder) for folder in adapter_dirs)
-    return RunResults(name, source, {label: reports[label] for label in order_labels(reports)}, lineage)
+
+    def publish(new: dict[str, EvaluationReport]) -> Path:
+        return publish_results_to_folder(adapter_dirs[-1], new, carry_from=adapter_dirs[:-1])
+
+    ordered = {label: reports[label] for label in order_labels(reports)}
+    return RunResults(name, source, ordered, lineage, publish)
 
 
 def load_hub_run(api: HfApi, repo_id: str, revision: str = "main") -> RunResults:
@@ -89,7 +99,7 @@ def load_hub_run(api: HfApi, repo_id: str, revision: str = "main") -> RunResults
     from huggingface_hub import ModelCard
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from .card_results import read_hub_results
+    from .card_results import publish_results, read_hub_results
 
     try:
         reports, commit = read_hub_results(api, repo_id, revision)
@@ -105,7 +115,13 @@ def load_hub_run(api: HfApi, repo_id: str, revision: str = "main") -> RunResults
         block = card.data.get("rlrf") or {}
         lineage[block.get("model_name") or f"M{_ITER_TAG.match(tag).group(1)}"] = block
     where = f"{api.endpoint.rstrip('/')}/{repo_id}" + (f"@{commit[:12]}" if commit else "")
-    return RunResults(repo_id, where, reports, lineage)
+
+    def publish(new: dict[str, EvaluationReport]) -> str:
+        if not tags:
+            raise ReportError(f"{repo_id} has no adapter tagged iter-<t> to put the results on")
+        return publish_results(api, repo_id, max(tags, key=lambda name: int(_ITER_TAG.match(name).group(1))), new)
+
+    return RunResults(repo_id, where, reports, lineage, publish)
 
 
 @contextlib.contextmanager
@@ -263,7 +279,7 @@ def with_baselines(results: RunResults, baselines: dict[str, RunResults]) -> Run
         lineage.update({f"{label}-{name}": other.lineage[label] for label in trained if label in other.lineage})
     ordered = {label: reports[label] for label in order_labels(reports)}
     source = "; ".join([results.source, *(f"{name}: {other.source}" for name, other in baselines.items())])
-    return RunResults(results.name, source, ordered, lineage)
+    return RunResults(results.name, source, ordered, lineage, results.publish)
 
 
 def _baseline_specs(specs: list[str]) -> dict[str, str]:
@@ -297,6 +313,10 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
             output = Path(args.output) if args.output else _default_output(args.run, results)
             results = with_baselines(results, others)
             written = write_report(results, output)
+            if args.publish:
+                added = {label: report for label, report in results.reports.items() if not _OWN.match(label)}
+                results.publish(added)
+                print(f"published the results of {', '.join(added) or 'no baseline'} on the latest adapter card")
     except (ReportError, HfHubHTTPError, OSError, ValueError) as err:
         print(f"rlrf-hub report: error: {err}", file=sys.stderr)
         return 2
@@ -328,5 +348,10 @@ def add_parser(commands) -> None:
         metavar="NAME=RUN",
         help="add the trained models of another run (output_dir or adapter repo) as rows M<t>-NAME, compared with "
         "this run's M0; repeatable (e.g. --baseline reward-only=runs/smollm2-135m-cpu-gsm8k-reward-only)",
+    )
+    report.add_argument(
+        "--publish",
+        action="store_true",
+        help="also put the baselines' results on the card of this run's latest adapter (its table then shows them)",
     )
     report.set_defaults(handler=_report)
