@@ -5,6 +5,7 @@ import pytest
 
 from rlrf_hub.backends.base import Generation
 from rlrf_hub.evaluation.card_results import headline_table, model_index
+from rlrf_hub.evaluation.cli import format_report
 from rlrf_hub.evaluation.factscore import (
     BM25,
     FactDecomposer,
@@ -307,4 +308,6 @@ def test_factscore_without_facts_is_undefined_with_its_reason(wikipedia):
     labelled = {"M0": EvaluationReport("policy", results=outcome.results)}
     headers, rows = headline_table(labelled)
     assert rows[0][headers.index("FactScore")] == f"undefined ({factscore.undefined})"
-    assert model_index(labelled["M0"]) == [] or all(e.metric_type != "factscore" for e in model_index(labelled["M0"]))
+    assert all(entry.metric_type != "factscore" for entry in model_index(labelled["M0"]))
+    printed = format_report(labelled["M0"]).splitlines()
+    assert any("undefined" in line and factscore.undefined in line for line in printed), printed

@@ -225,7 +225,9 @@ def format_report(report: EvaluationReport) -> str:
     ]
     for r in report.results:
         interval = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]" if r.ci_low is not None and r.ci_high is not None else "-"
-        lines.append(f"{r.task:<10} {r.metric:<28} {r.value:>9.2f} {interval:>20} {r.n:>6}  {r.judge or '-'}")
+        value = f"{r.value:>9.2f}" if r.value is not None else f"{'undefined':>9}"
+        line = f"{r.task:<10} {r.metric:<28} {value} {interval:>20} {r.n:>6}  {r.judge or '-'}"
+        lines.append(line + (f"  ({r.undefined})" if r.undefined else ""))
     return "\n".join(lines)
 
 
