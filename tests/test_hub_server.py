@@ -398,5 +398,5 @@ def test_interrupted_or_corrupt_upload_stores_nothing(tmp_path):
         store.put_blob(dropped())
     with pytest.raises(StoreError):
         store.put_blob([b"payload"], expected_sha256="0" * 64)
-    assert not any(path.is_file() for path in (tmp_path / "root").rglob("*"))
+    assert not any(path.is_file() for name in ("blobs", "tmp") for path in (tmp_path / "root" / name).rglob("*"))
     assert not store.has_blob("0" * 64)

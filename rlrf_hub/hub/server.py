@@ -3,12 +3,16 @@ clients use.
 
 Point the clients at it with `HF_ENDPOINT=http://127.0.0.1:PORT` and `HF_HUB_DISABLE_XET=1` (set before importing
 them): LFS uploads then use the `basic` batch transfer that this server implements.
+
+Reads are open to anyone who can reach the server; with a token, every route that changes the store needs
+`Authorization: Bearer TOKEN` (or, for an LFS upload, the signed href that an authorised batch call handed out).
+`ROUTES` and `READS` are the one place that says which route is which: see SECURITY.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -17,12 +21,19 @@ import re
 import secrets
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import urlopen
 
-from .store import CHUNK_SIZE, Commit, Operation, Store, StoreError
+from ..httpd import IDLE_TIMEOUT_S, BadRequest, BoundedHTTPServer, discard_body, parse_json, read_body_chunks
+from .store import CHUNK_SIZE, STORE_ID_FILE, Commit, Operation, Store, StoreError
+from .validation import CONTROL, InvalidInputError, check_oid, check_path
 
 LFS_SUFFIXES = (
     ".safetensors",
@@ -38,26 +49,93 @@ LFS_SUFFIXES = (
     ".zip",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
-API_REPO = re.compile(r"^/api/(models|datasets)/(?P<rest>.+)$")
-LFS_BATCH = re.compile(r"^/(?:(datasets)/)?(?P<repo>[^/]+(?:/[^/]+)?)\.git/info/lfs/objects/batch$")
+MAX_JSON_BYTES = 32 * 1024 * 1024
+MAX_COMMIT_LINE_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024**3
+TOKEN_ENV = "RLRF_HUB_TOKEN"
+API_REPO = re.compile(r"/api/(models|datasets)/(?P<rest>.+)")
+LFS_BATCH = re.compile(r"/(?:(datasets)/)?(?P<repo>[^/]+(?:/[^/]+)?)\.git/info/lfs/objects/batch")
+HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
 SERVER_FILE = "server.json"
 STORE_INFO = "/api/rlrf-hub/store"
 API_ACTIONS = ("revision", "tree", "paths-info", "preupload", "commit", "refs", "commits", "branch", "tag")
+FIXED_ROUTES = {
+    "/api/validate-yaml": "validate-yaml",
+    "/api/repos/create": "create-repo",
+    "/api/repos/delete": "delete-repo",
+    "/api/whoami-v2": "whoami",
+    STORE_INFO: "store-id",
+}
+# (method, action) -> handler. Every route not in READS needs the token, except the LFS batch: its body's
+# `operation` decides (`download` reads, `upload` hands out upload hrefs and so needs the token).
+ROUTES = {
+    ("POST", "validate-yaml"): "_validate_yaml",
+    ("POST", "create-repo"): "_create_repo",
+    ("DELETE", "delete-repo"): "_delete_repo",
+    ("GET", "whoami"): "_whoami",
+    ("GET", "store-id"): "_store_id",
+    ("PUT", "lfs-upload"): "_lfs_upload",
+    ("POST", "lfs-batch"): "_lfs_batch",
+    ("GET", "info"): "_repo_info",
+    ("HEAD", "info"): "_repo_info",
+    ("GET", "tree"): "_tree",
+    ("POST", "paths-info"): "_paths_info",
+    ("POST", "preupload"): "_preupload",
+    ("POST", "commit"): "_commit",
+    ("GET", "refs"): "_refs",
+    ("GET", "commits"): "_commits",
+    ("POST", "branch"): "_create_branch",
+    ("DELETE", "branch"): "_delete_ref",
+    ("POST", "tag"): "_create_tag",
+    ("DELETE", "tag"): "_delete_ref",
+    ("GET", "resolve"): "_resolve",
+    ("HEAD", "resolve"): "_resolve",
+}
+READS = frozenset(
+    {key for key in ROUTES if key[0] in ("GET", "HEAD")}
+    | {("POST", "validate-yaml"), ("POST", "paths-info"), ("POST", "preupload")}
+)
+BODY_DECIDES = frozenset({("POST", "lfs-batch")})
+T = TypeVar("T")
 
 
-class HubServer(ThreadingHTTPServer):
-    daemon_threads = True
+class Unauthorized(Exception):
+    """A write without the token."""
 
-    def __init__(self, address: tuple[str, int], store: Store, token: str | None = None):
-        super().__init__(address, HubHandler)
-        self.store = store
-        self.token = token
-        self._upload_key = secrets.token_bytes(32)
 
-    def upload_signature(self, oid: str) -> str:
-        """Signs the LFS upload href handed out by an authorised batch call: the client's PUT to it carries no
-        Authorization header, so the signature is what authorises it."""
-        return hmac.new(self._upload_key, oid.encode(), hashlib.sha256).hexdigest()
+@dataclass
+class Route:
+    """A parsed request path: `action` names the route; `args` are the raw (still quoted) segments after it."""
+
+    action: str
+    repo_type: str = "model"
+    repo_id: str = ""
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def revision(self) -> str | None:
+        return unquote(self.args[0]) if self.args else None
+
+
+def parse_route(path: str) -> Route | None:
+    """The route of a request path, or None; authorisation and dispatch both use this one parse."""
+    if path in FIXED_ROUTES:
+        return Route(FIXED_ROUTES[path])
+    if path.startswith("/lfs-upload/"):
+        return Route("lfs-upload", args=[path[len("/lfs-upload/") :]])
+    if match := LFS_BATCH.fullmatch(path):
+        return Route("lfs-batch", "dataset" if match.group(1) else "model", unquote(match.group("repo")))
+    if match := API_REPO.fullmatch(path):
+        repo_id, action, args = _split_api(match.group("rest"))
+        return Route(action if action not in ("", "revision") else "info", match.group(1)[:-1], repo_id, args)
+    parts = path.strip("/").split("/")
+    repo_type = "model"
+    if parts[0] == "datasets":
+        repo_type, parts = "dataset", parts[1:]
+    for n in (2, 1):
+        if len(parts) > n + 1 and parts[n] == "resolve":
+            return Route("resolve", repo_type, "/".join(parts[:n]), parts[n + 1 :])
+    return None
 
 
 def _split_api(rest: str) -> tuple[str, str, list[str]]:
@@ -73,12 +151,83 @@ def _is_lfs(path: str, size: int, sample: bytes) -> bool:
     return size >= LFS_MIN_SIZE or path.lower().endswith(LFS_SUFFIXES) or b"\0" in sample
 
 
+def _field(body: dict, key: str, kind: type[T], required: bool = False) -> T | None:
+    """`body[key]` if it has type `kind`; None when absent (400 if `required`); 400 when it has another type."""
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(400, f"missing field {key!r}")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(400, f"field {key!r} must be of type {kind.__name__}")
+    return value
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(400, f"{what} is not valid base64") from None
+
+
+def _size_param(query: dict[str, list[str]]) -> int | None:
+    raw = query.get("size", [""])[0]
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadRequest(400, "size must be a non-negative integer")
+    return int(raw)
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "replace")
+
+
+def _header_value(message: str) -> str:
+    """`message` made safe as one header line: no CR, LF or other control character, ASCII, bounded."""
+    return CONTROL.sub(" ", message).encode("ascii", "replace").decode()[:500]
+
+
+class HubServer(BoundedHTTPServer):
+    """The offline Hub over one `Store`. `token` guards writes; JSON bodies are capped at `max_body` bytes and
+    LFS uploads (and commit bodies, which stream to blobs like uploads) at `max_upload`."""
+
+    idle_timeout = IDLE_TIMEOUT_S
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: Store,
+        token: str | None = None,
+        max_upload: int = DEFAULT_MAX_UPLOAD_BYTES,
+        max_body: int = MAX_JSON_BYTES,
+    ):
+        super().__init__(address, HubHandler)
+        self.store = store
+        self.token = token
+        self.max_upload = max_upload
+        self.max_body = max_body
+        self._upload_key = secrets.token_bytes(32)
+
+    def upload_signature(self, oid: str, size: int | str) -> str:
+        """Signs the LFS upload href handed out by an authorised batch call, for one oid and its declared size:
+        the client's PUT to it carries no Authorization header, so the signature is what authorises it."""
+        return hmac.new(self._upload_key, f"{oid}:{size}".encode(), hashlib.sha256).hexdigest()
+
+
 class HubHandler(BaseHTTPRequestHandler):
     server: HubServer
     protocol_version = "HTTP/1.1"
+    _body: Iterator[bytes] | None = None
+    _answered = False
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         pass
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a connection may sit idle (between requests or mid-body) before the server drops it."""
+        return self.server.idle_timeout
 
     # Plumbing --------------------------------------------------------------------------------------------------
     @property
@@ -87,223 +236,160 @@ class HubHandler(BaseHTTPRequestHandler):
 
     @property
     def base_url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{self.headers.get('Host') or f'{host}:{port}'}"
+        host = self.headers.get("Host", "")
+        if not HOST.fullmatch(host):
+            address, port = self.server.server_address[:2]
+            host = f"{address}:{port}"
+        return f"http://{host}"
+
+    def _start(self, status: int, headers: dict) -> None:
+        self._answered = True
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, str(value))
+        self.end_headers()
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "") -> None:
-        self.send_response(status)
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        for key, value in (headers or {}).items():
-            self.send_header(key, str(value))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        extra = {"Content-Type": content_type} if content_type else {}
+        self._start(status, {**extra, **(headers or {}), "Content-Length": len(body)})
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _json(self, data, status: int = 200, headers: dict | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers, "application/json")
 
-    def _error(self, status: int, message: str, code: str | None = None) -> None:
-        headers = {"X-Error-Message": message.replace("\n", " ").encode("ascii", "replace").decode()}
+    def _error(self, status: int, message: str, code: str) -> None:
+        headers = {"X-Error-Message": _header_value(message), "X-Error-Code": code}
         if self.command in ("POST", "PUT", "DELETE"):
             headers["Connection"] = "close"
             self.close_connection = True
-        if code:
-            headers["X-Error-Code"] = code
         self._json({"error": message}, status, headers)
 
-    def _body_chunks(self):
-        """The request body as chunks, for both `Content-Length` and `Transfer-Encoding: chunked`."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """`http.server`'s own refusals (a malformed request line, headers too long, an unknown method) in the same
+        JSON form as ours."""
+        status = HTTPStatus(code)
+        self.close_connection = True
+        self._json({"error": message or status.phrase}, code, {"X-Error-Code": status.phrase.replace(" ", "")})
+
+    def _body_chunks(self, limit: int) -> Iterator[bytes]:
+        self._body = read_body_chunks(self.rfile, self.headers, limit)
+        return self._body
+
+    def _json_object(self) -> dict:
+        data = parse_json(b"".join(self._body_chunks(self.server.max_body)))
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise BadRequest(400, "the request body must be a JSON object")
+        return data
+
+    def _drain(self) -> None:
+        """Read what is left of a refused request's body (up to `max_body`) so the client reads the answer rather
+        than a reset; a larger or malformed rest closes the connection after the answer."""
+        if self._body is None:
+            return discard_body(self, self.server.max_body)
+        drained = 0
+        try:
+            for chunk in self._body:
+                drained += len(chunk)
+                if drained > self.server.max_body:
+                    self.close_connection = True
                     return
-                yield from self._read_exactly(size)
-                self.rfile.readline()
-        yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+        except (BadRequest, OSError):
+            self.close_connection = True
 
-    def _read_exactly(self, size: int):
-        remaining = size
-        while remaining:
-            chunk = self.rfile.read(min(remaining, CHUNK_SIZE))
-            if not chunk:
-                raise ConnectionError("client closed the connection mid-body")
-            remaining -= len(chunk)
-            yield chunk
+    def _fail(self, status: int, message: str, code: str) -> None:
+        if self._answered:
+            self.close_connection = True
+            return
+        self._drain()
+        self._error(status, message, code)
 
-    def _body(self) -> bytes:
-        return b"".join(self._body_chunks())
-
-    def _authorized(self) -> bool:
+    def _authorized(self, route: Route, query: dict[str, list[str]]) -> bool:
         token = self.server.token
-        if token is None or hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
+        given = self.headers.get("Authorization", "")
+        if token is None or hmac.compare_digest(_bytes(given), _bytes(f"Bearer {token}")):
             return True
-        url = urlsplit(self.path)
-        if self.command == "PUT" and url.path.startswith("/lfs-upload/"):
-            signature = parse_qs(url.query).get("sig", [""])[0]
-            return hmac.compare_digest(signature, self.server.upload_signature(url.path.rsplit("/", 1)[-1]))
+        if route.action == "lfs-upload":
+            signature = self.server.upload_signature(route.args[0], query.get("size", [""])[0])
+            return hmac.compare_digest(_bytes(query.get("sig", [""])[0]), _bytes(signature))
         return False
 
-    def _dispatch(self, write: bool) -> None:
+    def _require_write_access(self, route: Route, query: dict[str, list[str]]) -> None:
+        if not self._authorized(route, query):
+            raise Unauthorized
+
+    def _dispatch(self) -> None:
+        self._body, self._answered = None, False
         try:
-            if write and not self._authorized():
-                self._body()
-                self._error(401, "a valid token is required for writes", "Unauthorized")
-                return
             self._route()
-        except StoreError as err:
-            self._error(err.status, str(err), err.code)
-        except (ConnectionError, BrokenPipeError):
+        except Unauthorized:
+            self._fail(401, "a valid token is required for writes", "Unauthorized")
+        except BadRequest as err:
+            self._fail(err.status, err.message, "PayloadTooLarge" if err.status == 413 else "BadRequest")
+        except (StoreError, InvalidInputError) as err:
+            self._fail(err.status, str(err), err.code)
+        except (ConnectionError, TimeoutError):
             self.close_connection = True
-        except Exception as err:  # noqa: BLE001 - reported to the client as a 500
-            self._error(500, f"{type(err).__name__}: {err}")
+        except Exception:  # noqa: BLE001 - logged here; the client gets a 500 without paths or traceback
+            traceback.print_exc(file=sys.stderr)
+            self._fail(500, "internal server error", "InternalError")
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch(write=False)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch(write=False)
-
-    def do_POST(self) -> None:  # noqa: N802
-        path = urlsplit(self.path).path
-        read_only = path == "/api/validate-yaml" or "/paths-info/" in path
-        self._dispatch(write=not read_only)
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch(write=True)
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch(write=True)
-
-    # Routing ---------------------------------------------------------------------------------------------------
     def _route(self) -> None:
         url = urlsplit(self.path)
-        path, query = url.path, parse_qs(url.query)
-        method = self.command
-        if path == "/api/validate-yaml" and method == "POST":
-            self._body()
-            return self._json({"errors": [], "warnings": []})
-        if path == "/api/repos/create" and method == "POST":
-            return self._create_repo(json.loads(self._body() or b"{}"))
-        if path == "/api/repos/delete" and method == "DELETE":
-            body = json.loads(self._body() or b"{}")
-            repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
-            self.store.delete_repo(body.get("type") or "model", repo_id)
-            return self._json({})
-        if path == STORE_INFO:
-            return self._json({"root": str(self.store.root.resolve())})
-        if path == "/api/whoami-v2":
-            return self._json({"type": "user", "name": "offline", "fullname": "offline", "orgs": [], "auth": {}})
-        if path.startswith("/lfs-upload/") and method == "PUT":
-            return self._lfs_upload(path.rsplit("/", 1)[-1])
-        if match := LFS_BATCH.match(path):
-            repo_type = "dataset" if match.group(1) else "model"
-            return self._lfs_batch(repo_type, unquote(match.group("repo")), json.loads(self._body() or b"{}"))
-        if match := API_REPO.match(path):
-            repo_type = match.group(1)[:-1]
-            repo_id, action, args = _split_api(match.group("rest"))
-            return self._api(method, repo_type, repo_id, action, args, query)
-        parts = path.strip("/").split("/")
-        repo_type = "model"
-        if parts and parts[0] == "datasets":
-            repo_type, parts = "dataset", parts[1:]
-        for n in (2, 1):
-            if len(parts) > n + 1 and parts[n] == "resolve" and method in ("GET", "HEAD"):
-                filename = "/".join(unquote(part) for part in parts[n + 2 :])
-                return self._resolve(repo_type, "/".join(parts[:n]), unquote(parts[n + 1]), filename)
-        self._error(404, f"no route for {method} {path}")
+        query = parse_qs(url.query)
+        route = parse_route(url.path)
+        key = (self.command, route.action if route else "")
+        if route is None or key not in ROUTES:
+            return self._fail(404, f"no route for {self.command} {url.path[:200]}", "NotFound")
+        if key not in READS and key not in BODY_DECIDES:
+            self._require_write_access(route, query)
+        getattr(self, ROUTES[key])(route, query)
 
-    def _api(self, method: str, repo_type: str, repo_id: str, action: str, args: list[str], query: dict) -> None:
-        store = self.store
-        revision = unquote(args[0]) if args else None
-        if action in ("", "revision") and method == "GET":
-            return self._repo_info(repo_type, repo_id, revision)
-        if action == "tree" and method == "GET":
-            sub = unquote("/".join(args[1:])).strip("/")
-            recursive = query.get("recursive", ["false"])[0].lower() == "true"
-            expand = query.get("expand", ["false"])[0].lower() == "true"
-            return self._tree(repo_type, repo_id, revision, sub, recursive, expand)
-        if action == "paths-info" and method == "POST":
-            body = self._body()
-            if "application/json" in self.headers.get("Content-Type", ""):
-                form = {
-                    key: value if isinstance(value, list) else [str(value)]
-                    for key, value in json.loads(body or b"{}").items()
-                }
-            else:
-                form = parse_qs(body.decode())
-            paths = form.get("paths", [])
-            expand = form.get("expand", ["False"])[0].lower() == "true"
-            return self._paths_info(repo_type, repo_id, revision, paths, expand)
-        if action == "preupload" and method == "POST":
-            return self._preupload(repo_type, repo_id, revision, json.loads(self._body() or b"{}"))
-        if action in ("preupload", "commit") and query.get("create_pr"):
-            raise StoreError("pull requests are not supported by the offline Hub")
-        if action == "commit" and method == "POST":
-            return self._commit(repo_type, repo_id, revision or "main")
-        if action == "refs" and method == "GET":
-            refs = store.refs(repo_type, repo_id)
-
-            def fmt(kind: str, items: dict) -> list[dict]:
-                return [{"name": k, "ref": f"refs/{kind}/{k}", "targetCommit": v} for k, v in items.items()]
-
-            return self._json(
-                {
-                    "branches": fmt("heads", refs["branches"]),
-                    "tags": fmt("tags", refs["tags"]),
-                    "converts": [],
-                    "pullRequests": [],
-                }
-            )
-        if action == "commits" and method == "GET":
-            commits = store.history(repo_type, repo_id, revision)
-            return self._json(
-                [
-                    {
-                        "id": c.id,
-                        "title": c.title,
-                        "message": c.message,
-                        "date": c.date,
-                        "authors": [{"user": "offline"}],
-                        "parents": c.parents,
-                    }
-                    for c in commits
-                ]
-            )
-        if action in ("branch", "tag") and revision:
-            kind = "heads" if action == "branch" else "tags"
-            body = json.loads(self._body() or b"{}")
-            if method == "DELETE":
-                store.delete_ref(repo_type, repo_id, kind, revision)
-            elif action == "branch":
-                store.create_ref(repo_type, repo_id, kind, revision, body.get("startingPoint"))
-            else:
-                store.create_ref(repo_type, repo_id, kind, body["tag"], revision)
-            return self._json({})
-        self._error(404, f"no route for {method} {action}")
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch  # noqa: N815
 
     # Handlers --------------------------------------------------------------------------------------------------
     def _repo_url(self, repo_type: str, repo_id: str) -> str:
         return f"{self.base_url}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
 
-    def _create_repo(self, body: dict) -> None:
-        repo_type = body.get("type") or "model"
-        repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
+    def _validate_yaml(self, route: Route, query: dict) -> None:
+        for _ in self._body_chunks(self.server.max_body):
+            pass
+        self._json({"errors": [], "warnings": []})
+
+    def _whoami(self, route: Route, query: dict) -> None:
+        self._json({"type": "user", "name": "offline", "fullname": "offline", "orgs": [], "auth": {}})
+
+    def _store_id(self, route: Route, query: dict) -> None:
+        self._json({"id": self.store.id})
+
+    def _named_repo(self) -> tuple[str, str]:
+        """(repo_type, repo_id) of a create or delete body: `name`, optional `organization` and `type`."""
+        body = self._json_object()
+        name = _field(body, "name", str, required=True)
+        organization = _field(body, "organization", str)
+        repo_type = _field(body, "type", str) or "model"
+        return repo_type, f"{organization}/{name}" if organization else name
+
+    def _create_repo(self, route: Route, query: dict) -> None:
+        repo_type, repo_id = self._named_repo()
         url = self._repo_url(repo_type, repo_id)
         try:
             self.store.create_repo(repo_type, repo_id)
         except StoreError as err:
             if err.status == 409:
-                return self._json({"error": str(err), "url": url}, 409, {"X-Error-Message": str(err)})
+                return self._json({"error": str(err), "url": url}, 409, {"X-Error-Message": _header_value(str(err))})
             raise
         self._json({"url": url, "name": repo_id, "id": repo_id})
 
-    def _repo_info(self, repo_type: str, repo_id: str, revision: str | None) -> None:
-        commit = self.store.commit_at(repo_type, repo_id, revision)
+    def _delete_repo(self, route: Route, query: dict) -> None:
+        self.store.delete_repo(*self._named_repo())
+        self._json({})
+
+    def _repo_info(self, route: Route, query: dict) -> None:
+        repo_id = route.repo_id
+        commit = self.store.commit_at(route.repo_type, repo_id, route.revision)
         siblings = [
             {
                 "rfilename": path,
@@ -349,12 +435,15 @@ class HubHandler(BaseHTTPRequestHandler):
     def _folders(self, commit: Commit) -> set[str]:
         return {path[:i] for path in commit.tree for i in range(len(path)) if path[i] == "/"}
 
-    def _tree(self, repo_type: str, repo_id: str, revision: str | None, sub: str, recursive: bool, expand: bool):
-        commit = self.store.commit_at(repo_type, repo_id, revision)
+    def _tree(self, route: Route, query: dict) -> None:
+        sub = unquote("/".join(route.args[1:])).strip("/")
+        recursive = query.get("recursive", ["false"])[0].lower() == "true"
+        expand = query.get("expand", ["false"])[0].lower() == "true"
+        commit = self.store.commit_at(route.repo_type, route.repo_id, route.revision)
         folders = self._folders(commit)
         if sub and sub not in folders:
             reason = "a file, not a folder" if sub in commit.tree else "missing"
-            return self._error(404, f"{sub} is {reason}", "EntryNotFound")
+            return self._error(404, f"{sub[:200]} is {reason}", "EntryNotFound")
         prefix = f"{sub}/" if sub else ""
         entries = []
         for folder in sorted(folders):
@@ -367,8 +456,20 @@ class HubHandler(BaseHTTPRequestHandler):
                 entries.append(self._entry_json(commit, path, expand))
         self._json(entries)
 
-    def _paths_info(self, repo_type: str, repo_id: str, revision: str | None, paths: list[str], expand: bool):
-        commit = self.store.commit_at(repo_type, repo_id, revision)
+    def _paths_info_form(self) -> dict[str, list]:
+        """The paths-info body: the form `huggingface_hub` sends, or the same fields as JSON."""
+        if "application/json" in self.headers.get("Content-Type", ""):
+            return {key: value if isinstance(value, list) else [value] for key, value in self._json_object().items()}
+        body = b"".join(self._body_chunks(self.server.max_body))
+        return parse_qs(body.decode("ascii", "replace"))
+
+    def _paths_info(self, route: Route, query: dict) -> None:
+        form = self._paths_info_form()
+        paths = form.get("paths", [])
+        if not all(isinstance(path, str) for path in paths):
+            raise BadRequest(400, "paths must be strings")
+        expand = str(form.get("expand", ["False"])[0]).lower() == "true"
+        commit = self.store.commit_at(route.repo_type, route.repo_id, route.revision)
         folders = self._folders(commit)
         result = []
         for path in paths:
@@ -379,66 +480,84 @@ class HubHandler(BaseHTTPRequestHandler):
                 result.append(self._folder_json(commit, path, expand))
         self._json(result)
 
-    def _preupload(self, repo_type: str, repo_id: str, revision: str | None, body: dict) -> None:
-        commit = self.store.commit_at(repo_type, repo_id, revision)
-        files = []
-        for item in body.get("files", []):
-            sample = base64.b64decode(item.get("sample", ""))
-            entry = commit.tree.get(item["path"])
-            mode = "lfs" if _is_lfs(item["path"], item.get("size", 0), sample) else "regular"
-            files.append(
-                {"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": entry.oid if entry else None}
-            )
-        self._json({"files": files, "commitOid": commit.id})
+    def _preupload(self, route: Route, query: dict) -> None:
+        if query.get("create_pr"):
+            raise StoreError("pull requests are not supported by the offline Hub")
+        files = _field(self._json_object(), "files", list) or []
+        commit = self.store.commit_at(route.repo_type, route.repo_id, route.revision)
+        answers = []
+        for item in files:
+            if not isinstance(item, dict):
+                raise BadRequest(400, "each entry of files must be an object")
+            path = check_path(_field(item, "path", str, required=True))
+            sample = _b64(_field(item, "sample", str) or "", f"sample of {path}")
+            mode = "lfs" if _is_lfs(path, _field(item, "size", int) or 0, sample) else "regular"
+            entry = commit.tree.get(path)
+            answers.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": entry and entry.oid})
+        self._json({"files": answers, "commitOid": commit.id})
 
-    def _lfs_batch(self, repo_type: str, repo_id: str, body: dict) -> None:
-        if not self.store.repo_exists(repo_type, repo_id):
-            return self._error(404, f"repository {repo_id} not found", "RepoNotFound")
+    def _lfs_batch(self, route: Route, query: dict) -> None:
+        body = self._json_object()
+        operation = _field(body, "operation", str) or "upload"
+        if operation not in ("upload", "download"):
+            raise BadRequest(400, f"unknown LFS operation {operation[:40]!r}")
+        if operation == "upload":
+            self._require_write_access(route, query)
+        if not self.store.repo_exists(route.repo_type, route.repo_id):
+            return self._error(404, f"repository {route.repo_id} not found", "RepoNotFound")
         objects = []
-        for obj in body.get("objects", []):
-            item = {"oid": obj["oid"], "size": obj["size"]}
-            if not self.store.has_blob(obj["oid"]):
-                signature = self.server.upload_signature(obj["oid"])
-                item["actions"] = {"upload": {"href": f"{self.base_url}/lfs-upload/{obj['oid']}?sig={signature}"}}
-            objects.append(item)
+        for obj in _field(body, "objects", list) or []:
+            if not isinstance(obj, dict):
+                raise BadRequest(400, "each LFS object must be an object")
+            oid, size = check_oid(obj.get("oid")), _field(obj, "size", int, required=True)
+            if size < 0:
+                raise BadRequest(400, "an LFS object's size must not be negative")
+            objects.append(self._lfs_object(operation, oid, size))
         self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
-    def _lfs_upload(self, oid: str) -> None:
-        if not re.fullmatch(r"[0-9a-f]{64}", oid):
-            return self._error(400, "invalid oid")
-        self.store.put_blob(self._body_chunks(), expected_sha256=oid)
+    def _lfs_object(self, operation: str, oid: str, size: int) -> dict:
+        item: dict = {"oid": oid, "size": size}
+        if self.store.has_blob(oid):
+            return item
+        if operation == "download":
+            item["error"] = {"code": 404, "message": "object not found"}
+        elif size > self.server.max_upload:
+            item["error"] = {"code": 413, "message": f"object is over the limit of {self.server.max_upload} bytes"}
+        else:
+            signature = self.server.upload_signature(oid, size)
+            item["actions"] = {"upload": {"href": f"{self.base_url}/lfs-upload/{oid}?size={size}&sig={signature}"}}
+        return item
+
+    def _lfs_upload(self, route: Route, query: dict) -> None:
+        oid = check_oid(route.args[0])
+        size = _size_param(query)
+        limit = self.server.max_upload if size is None else min(size, self.server.max_upload)
+        self.store.put_blob(self._body_chunks(limit), expected_sha256=oid)
         self._json({})
 
-    def _commit(self, repo_type: str, repo_id: str, raw_revision: str) -> None:
-        branch = unquote(raw_revision)
-        store = self.store
+    def _commit(self, route: Route, query: dict) -> None:
+        if query.get("create_pr"):
+            raise StoreError("pull requests are not supported by the offline Hub")
+        store, repo_type, repo_id = self.store, route.repo_type, route.repo_id
+        branch = route.revision or "main"
         store.commit_at(repo_type, repo_id, branch)
         header: dict = {}
         operations: list[Operation] = []
-        for line in self._lines():
-            item = json.loads(line)
-            key, value = item["key"], item["value"]
+        for number, item in enumerate(self._lines(), 1):
+            key = _field(item, "key", str, required=True)
+            value = _field(item, "value", dict, required=True)
             if key == "header":
                 header = value
-            elif key == "file":
-                sha256, _ = store.put_bytes(base64.b64decode(value["content"]))
-                operations.append(Operation("add", value["path"], sha256))
-            elif key == "lfsFile":
-                operations.append(Operation("add", value["path"], value["oid"], lfs=True))
-            elif key == "deletedFile":
-                operations.append(Operation("delete", value["path"]))
-            elif key == "deletedFolder":
-                operations.append(Operation("delete_folder", value["path"]))
             else:
-                raise StoreError(f"unsupported commit operation {key}")
+                operations.append(self._operation(key, value, number))
         commit_id = store.create_commit(
             repo_type,
             repo_id,
             branch,
             operations,
-            header.get("summary") or "update",
-            header.get("description", ""),
-            header.get("parentCommit"),
+            _field(header, "summary", str) or "update",
+            _field(header, "description", str) or "",
+            _field(header, "parentCommit", str),
         )
         self._json(
             {
@@ -449,22 +568,97 @@ class HubHandler(BaseHTTPRequestHandler):
             }
         )
 
-    def _lines(self):
-        """NDJSON lines of the body, read in chunks (a line holds at most one regular, i.e. small, file)."""
+    def _operation(self, key: str, value: dict, number: int) -> Operation:
+        """One commit line as an `Operation`; a regular file's content is stored as a blob right away."""
+        path = _field(value, "path", str, required=True)
+        if key == "file":
+            check_path(path)
+            if (_field(value, "encoding", str) or "base64") != "base64":
+                raise BadRequest(400, f"line {number}: only base64 content is supported")
+            content = _b64(_field(value, "content", str, required=True), f"line {number}: content of {path}")
+            return Operation("add", path, self.store.put_bytes(content)[0])
+        if key == "lfsFile":
+            if (_field(value, "algo", str) or "sha256") != "sha256":
+                raise BadRequest(400, f"line {number}: only sha256 LFS oids are supported")
+            return Operation("add", check_path(path), check_oid(value.get("oid")), lfs=True)
+        if key == "deletedFile":
+            return Operation("delete", path)
+        if key == "deletedFolder":
+            return Operation("delete_folder", path)
+        raise BadRequest(400, f"line {number}: unsupported commit operation {key[:40]!r}")
+
+    def _lines(self) -> Iterator[dict]:
+        """The NDJSON commit body, one JSON object per line, read in chunks: a line holds at most one regular
+        (small) file, so `MAX_COMMIT_LINE_BYTES` bounds memory while the body itself may be large."""
         pending = b""
-        for chunk in self._body_chunks():
+        for chunk in self._body_chunks(self.server.max_upload):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            yield from (line for line in lines if line.strip())
+            if len(pending) > MAX_COMMIT_LINE_BYTES:
+                raise BadRequest(413, f"a commit line is over the limit of {MAX_COMMIT_LINE_BYTES} bytes")
+            yield from (_commit_line(line) for line in lines if line.strip())
         if pending.strip():
-            yield pending
+            yield _commit_line(pending)
 
-    def _resolve(self, repo_type: str, repo_id: str, revision: str, filename: str) -> None:
-        commit = self.store.commit_at(repo_type, repo_id, revision)
+    def _refs(self, route: Route, query: dict) -> None:
+        refs = self.store.refs(route.repo_type, route.repo_id)
+
+        def fmt(kind: str, items: dict) -> list[dict]:
+            return [{"name": k, "ref": f"refs/{kind}/{k}", "targetCommit": v} for k, v in items.items()]
+
+        self._json(
+            {
+                "branches": fmt("heads", refs["branches"]),
+                "tags": fmt("tags", refs["tags"]),
+                "converts": [],
+                "pullRequests": [],
+            }
+        )
+
+    def _commits(self, route: Route, query: dict) -> None:
+        commits = self.store.history(route.repo_type, route.repo_id, route.revision)
+        self._json(
+            [
+                {
+                    "id": c.id,
+                    "title": c.title,
+                    "message": c.message,
+                    "date": c.date,
+                    "authors": [{"user": "offline"}],
+                    "parents": c.parents,
+                }
+                for c in commits
+            ]
+        )
+
+    def _ref_name(self, route: Route) -> str:
+        if not route.revision:
+            raise BadRequest(400, f"a {route.action} name is required")
+        return route.revision
+
+    def _create_branch(self, route: Route, query: dict) -> None:
+        name = self._ref_name(route)
+        starting_point = _field(self._json_object(), "startingPoint", str)
+        self.store.create_ref(route.repo_type, route.repo_id, "heads", name, starting_point)
+        self._json({})
+
+    def _create_tag(self, route: Route, query: dict) -> None:
+        revision = self._ref_name(route)
+        tag = _field(self._json_object(), "tag", str, required=True)
+        self.store.create_ref(route.repo_type, route.repo_id, "tags", tag, revision)
+        self._json({})
+
+    def _delete_ref(self, route: Route, query: dict) -> None:
+        kind = "heads" if route.action == "branch" else "tags"
+        self.store.delete_ref(route.repo_type, route.repo_id, kind, self._ref_name(route))
+        self._json({})
+
+    def _resolve(self, route: Route, query: dict) -> None:
+        filename = "/".join(unquote(part) for part in route.args[1:])
+        commit = self.store.commit_at(route.repo_type, route.repo_id, route.revision)
         entry = commit.tree.get(filename)
         if entry is None:
-            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit.id}
-            return self._send(404, b"", headers)
+            return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit.id})
         headers = {
             "X-Repo-Commit": commit.id,
             "ETag": f'"{entry.sha256 if entry.lfs else entry.oid}"',
@@ -478,29 +672,47 @@ class HubHandler(BaseHTTPRequestHandler):
         if match and int(match.group(1)) < entry.size:
             start = int(match.group(1))
             headers["Content-Range"] = f"bytes {start}-{entry.size - 1}/{entry.size}"
-        self.send_response(206 if start else 200)
-        for key, value in headers.items():
-            self.send_header(key, str(value))
-        self.send_header("Content-Length", str(entry.size - start))
-        self.end_headers()
-        if self.command == "GET":
-            for chunk in self.store.iter_blob(entry.sha256, start):
+        with self.store.open_blob(entry.sha256) as blob:
+            blob.seek(start)
+            self._start(206 if start else 200, {**headers, "Content-Length": entry.size - start})
+            while self.command == "GET" and (chunk := blob.read(CHUNK_SIZE)):
                 self.wfile.write(chunk)
 
 
-def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> tuple[HubServer, str]:
+def _commit_line(line: bytes) -> dict:
+    item = parse_json(line, "a commit line")
+    if not isinstance(item, dict):
+        raise BadRequest(400, "each commit line must be a JSON object")
+    return item
+
+
+def serve(
+    root: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    max_upload: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> tuple[HubServer, str]:
     """Start a server over `root` in a daemon thread; returns it and its URL (call `server.shutdown()` to stop)."""
-    server = HubServer((host, port), Store(root), token)
+    server = HubServer((host, port), Store(root), token, max_upload)
     threading.Thread(target=server.serve_forever, daemon=True, name="rlrf-hub-server").start()
     return server, f"http://{host}:{server.server_address[1]}"
 
 
-def run_forever(root: str | Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+def run_forever(
+    root: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    max_upload: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> None:
     """Serve until interrupted, announcing the URL in `<root>/server.json` so runs over the same store reuse it."""
-    server = HubServer((host, port), Store(root), token)
+    server = HubServer((host, port), Store(root), token, max_upload)
     url = f"http://{host}:{server.server_address[1]}"
     announcement = Path(root) / SERVER_FILE
     _write_json(announcement, {"url": url, "pid": os.getpid()})
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host} without a token: anyone who can reach it can write", file=sys.stderr)
     print(f"offline Hub serving {Path(root).resolve()} at {url}", flush=True)
     try:
         server.serve_forever()
@@ -513,14 +725,33 @@ def run_forever(root: str | Path, host: str = "127.0.0.1", port: int = 0, token:
 
 
 def running_server(root: str | Path) -> str | None:
-    """The URL of a live `rlrf-hub hub serve` over `root`, if `<root>/server.json` names one that answers for it."""
+    """The URL of a live `rlrf-hub hub serve` over `root`, if `<root>/server.json` names one that answers with the
+    id of this store (an id, not the path, so that anonymous clients do not learn where the store lives)."""
     try:
         url = json.loads((Path(root) / SERVER_FILE).read_text())["url"]
+        expected = (Path(root) / STORE_ID_FILE).read_text().strip()
+        if not url.startswith("http://"):
+            return None
         with urlopen(f"{url}{STORE_INFO}", timeout=2) as response:
-            served = json.load(response)["root"]
-    except (OSError, ValueError, KeyError, TypeError):
+            served = json.load(response)["id"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return url if Path(served) == Path(root).resolve() else None
+    return url if served == expected else None
+
+
+def resolve_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
+    """The write token from `--token`, else `--token-file`, else `$RLRF_HUB_TOKEN`; None when none is given.
+
+    `--token` shows in the process list to every user of the machine; the file and the variable do not.
+    """
+    if token and token_file:
+        raise ValueError("give the token with --token or --token-file, not both")
+    if token_file:
+        text = Path(token_file).read_text().strip()
+        if not text:
+            raise ValueError(f"the token file {token_file} is empty")
+        return text
+    return token or os.environ.get(TOKEN_ENV) or None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -530,14 +761,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlrf-hub hub serve", description=__doc__)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--token", default=None)
-    args = parser.parse_args(argv)
-    run_forever(args.root, args.host, args.port, args.token)
-    return 0
+    """`python -m rlrf_hub.hub.server ARGS` is `rlrf-hub hub serve ARGS`."""
+    from ..cli import main as cli_main
+
+    return cli_main(["hub", "serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 def configure_clients(url: str) -> None:

@@ -2,6 +2,7 @@
 
 Layout under `root`:
 
+    store-id                             a random id, how a client tells that a server serves this store
     blobs/<sha256[:2]>/<sha256>          file contents, shared by every repo
     tmp/                                 partial uploads (renamed into blobs/ once their hash is checked)
     repos/<type>s/<repo_id>/commits/<id>.json
@@ -11,6 +12,9 @@ Layout under `root`:
 A commit writes its blobs and its commit object first and only then moves the ref with an atomic rename, under an
 exclusive `flock` on the repo's lock file, so a process killed mid-commit leaves the branch where it was and two
 writers never interleave (the second one sees a moved branch and gets a `ConflictError` if it named a parent).
+
+Every blob id, repository id, file path and ref name is checked against `validation` here too, not only by the
+server, so no caller can make the store read or write outside `root`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
-import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -28,12 +32,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote
+
+from .validation import COMMIT_ID, check_oid, check_path, check_ref_name, check_repo_id, ref_file_name
 
 CHUNK_SIZE = 1 << 20
 REPO_TYPES = ("model", "dataset")
-COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+STORE_ID_FILE = "store-id"
+STALE_TMP_S = 3600.0
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 
 # Called after the blobs and the commit object are written and before the ref moves; tests set it to simulate a crash.
@@ -129,9 +134,48 @@ class Store:
         self.root = Path(root)
         for name in ("blobs", "tmp", "repos"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.id = self._open_id()
+        self.remove_stale_tmp()
+
+    def _open_id(self) -> str:
+        """The store's random id, created once: `os.link` publishes a complete file or fails if another process
+        was first, so two servers opening a new store at once agree on one id."""
+        path = self.root / STORE_ID_FILE
+        if not path.is_file():
+            fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="store-id-")
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(16))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        return path.read_text().strip()
+
+    def remove_stale_tmp(self, max_age_s: float = STALE_TMP_S) -> None:
+        """Remove what a crashed upload or repo deletion left in `tmp/`, once untouched for `max_age_s`.
+
+        The server drops a client that sends nothing for its idle timeout (a minute), so a partial upload untouched
+        for an hour belongs to a writer that is gone or stalled, whichever process sharing the store it was. A
+        stalled writer that resumes then fails to move its file into `blobs/`: its upload fails, nothing partial is
+        stored.
+        """
+        cutoff = time.time() - max_age_s
+        for entry in (self.root / "tmp").iterdir():
+            try:
+                if entry.lstat().st_mtime >= cutoff:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:
+                pass
 
     # Blobs -----------------------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
+        check_oid(sha256)
         return self.root / "blobs" / sha256[:2] / sha256
 
     def has_blob(self, sha256: str) -> bool:
@@ -139,6 +183,8 @@ class Store:
 
     def put_blob(self, chunks: Iterable[bytes], expected_sha256: str | None = None) -> tuple[str, int]:
         """Stream `chunks` to a temporary file, hash them, and move the file into place; returns (sha256, size)."""
+        if expected_sha256 is not None:
+            check_oid(expected_sha256)
         digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         try:
@@ -174,9 +220,9 @@ class Store:
 
     # Repos -----------------------------------------------------------------------------------------------------
     def repo_dir(self, repo_type: str, repo_id: str) -> Path:
-        if repo_type not in REPO_TYPES or not REPO_ID.match(repo_id) or ".." in repo_id:
-            raise RepoNotFoundError(f"invalid repository {repo_type}/{repo_id}")
-        return self.root / "repos" / f"{repo_type}s" / repo_id
+        if repo_type not in REPO_TYPES:
+            raise RepoNotFoundError(f"unknown repository type {repo_type!r}")
+        return self.root / "repos" / f"{repo_type}s" / check_repo_id(repo_id)
 
     def repo_exists(self, repo_type: str, repo_id: str) -> bool:
         return (self.repo_dir(repo_type, repo_id) / "refs").is_dir()
@@ -241,7 +287,10 @@ class Store:
 
     # Refs and revisions ----------------------------------------------------------------------------------------
     def _ref_path(self, folder: Path, kind: str, name: str) -> Path:
-        return folder / "refs" / kind / quote(name, safe="")
+        file_name = ref_file_name(name)
+        if file_name is None:
+            raise RevisionNotFoundError("revision not found: the name is too long")
+        return folder / "refs" / kind / file_name
 
     def _read_refs(self, folder: Path, kind: str) -> dict[str, str]:
         from urllib.parse import unquote
@@ -264,15 +313,15 @@ class Store:
             path = self._ref_path(folder, kind, revision)
             if path.is_file():
                 return path.read_text().strip()
-        if COMMIT_ID.match(revision) and (folder / "commits" / f"{revision}.json").is_file():
+        if COMMIT_ID.fullmatch(revision) and (folder / "commits" / f"{revision}.json").is_file():
             return revision
         raise RevisionNotFoundError(f"revision {revision} not found in {repo_id}")
 
     def commit(self, repo_type: str, repo_id: str, commit_id: str) -> Commit:
         folder = self._require_repo(repo_type, repo_id)
         path = folder / "commits" / f"{commit_id}.json"
-        if not COMMIT_ID.match(commit_id) or not path.is_file():
-            raise RevisionNotFoundError(f"commit {commit_id} not found in {repo_id}")
+        if not COMMIT_ID.fullmatch(commit_id) or not path.is_file():
+            raise RevisionNotFoundError(f"commit {commit_id[:64]} not found in {repo_id}")
         return Commit.from_json(json.loads(path.read_text()))
 
     def commit_at(self, repo_type: str, repo_id: str, revision: str | None) -> Commit:
@@ -289,8 +338,7 @@ class Store:
     def create_ref(self, repo_type: str, repo_id: str, kind: str, name: str, revision: str | None) -> str:
         """Create branch (`kind="heads"`) or tag (`"tags"`) `name` at `revision`; `ConflictError` if it exists."""
         folder = self._require_repo(repo_type, repo_id)
-        if not name or name.startswith("/") or ".." in name:
-            raise StoreError(f"invalid ref name {name!r}")
+        check_ref_name(name)
         with self._locked(folder):
             target = self.resolve(repo_type, repo_id, revision)
             path = self._ref_path(folder, kind, name)
@@ -320,12 +368,15 @@ class Store:
     ) -> str:
         """Apply `operations` on top of `branch` and move it; the blobs of `add` operations must already be stored.
 
-        Raises `StaleParentError` when `parent_commit` is given and is no longer the head of `branch`.
+        Raises `StaleParentError` when `parent_commit` is given and is no longer the head of `branch`. Paths of
+        deletions are not checked, so that a file stored under an unsafe path before these checks can be removed.
         """
         folder = self._require_repo(repo_type, repo_id)
         for op in operations:
-            if op.kind == "add" and not self.has_blob(op.sha256):
-                raise StoreError(f"content of {op.path} ({op.sha256}) was not uploaded")
+            if op.kind == "add":
+                check_path(op.path)
+                if not self.has_blob(op.sha256):
+                    raise StoreError(f"content of {op.path} ({op.sha256}) was not uploaded")
         with self._locked(folder):
             ref = self._ref_path(folder, "heads", branch)
             if not ref.is_file():
