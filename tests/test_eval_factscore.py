@@ -201,6 +201,9 @@ def test_parse_facts():
     assert parse_facts('Here: {"facts": ["a", "b",]}') == (["a", "b"], "tolerant")
     assert parse_facts("1. first\n2. second") == (["first", "second"], "tolerant")
     assert parse_facts("no facts here") is None
+    cut = '{"facts": ["A was born in 1990.", "A is a \\"singer\\".", "A pla'
+    assert parse_facts(cut) == (["A was born in 1990.", 'A is a "singer".'], "tolerant"), "complete facts are kept"
+    assert parse_facts('{"facts": ["A was') is None
     assert facts_schema(4, 50, 1)["properties"]["facts"]["minItems"] == 1
 
 

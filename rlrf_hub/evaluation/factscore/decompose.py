@@ -61,6 +61,8 @@ _ABBREVIATIONS = {
     "sen", "rep", "mt", "ft", "inc", "ltd", "co", "corp", "vs", "etc", "no", "jan", "feb", "mar", "apr", "jun",
     "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "e.g", "i.e", "ca", "approx", "b", "d",
 }  # fmt: skip
+_CUT_LIST = re.compile(r'"facts"\s*:\s*\[(.*)\Z', re.DOTALL)
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"\s*(?=,|\Z)')
 _BOUNDARY = re.compile(r"[.!?]+[\"'”’)\]]*(?:\[\d+\])*\s+")
 
 
@@ -166,7 +168,8 @@ def facts_schema(
 
 
 def parse_facts(text: str) -> tuple[list[str], str] | None:
-    """The facts of a reply: strict `{"facts": [str]}`, else any JSON list of strings, else `- fact` lines."""
+    """The facts of a reply: strict `{"facts": [str]}`, else any JSON list of strings, else the complete strings of
+    a facts list cut off by the token limit, else `- fact` lines."""
     value = strict_json(text)
     if isinstance(value, dict) and set(value) == {"facts"} and _strings(value["facts"]):
         return [fact.strip() for fact in value["facts"] if fact.strip()], "strict"
@@ -175,6 +178,11 @@ def parse_facts(text: str) -> tuple[list[str], str] | None:
             value = next((v for k, v in value.items() if str(k).lower() in ("facts", "atomic_facts")), None)
         if _strings(value):
             return [fact.strip() for fact in value if fact.strip()], "tolerant"
+    cut = _CUT_LIST.search(text)
+    if cut:
+        facts = [json.loads(f'"{item}"').strip() for item in _JSON_STRING.findall(cut.group(1))]
+        if any(facts):
+            return [fact for fact in facts if fact], "tolerant"
     lines = [m.group(1).strip() for m in re.finditer(r"^\s*(?:[-*•]|\d+[.)])\s+(.+)$", text, re.MULTILINE)]
     return (lines, "tolerant") if lines else None
 
