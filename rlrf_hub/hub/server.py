@@ -32,7 +32,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import urlopen
 
 from ..httpd import IDLE_TIMEOUT_S, BadRequest, BoundedHTTPServer, discard_body, parse_json, read_body_chunks
-from .store import CHUNK_SIZE, STORE_ID_FILE, Commit, Operation, Store, StoreError
+from .ranges import ByteRange, RangeNotSatisfiable, parse_range
+from .store import CHUNK_SIZE, STORE_ID_FILE, Commit, FileEntry, Operation, Store, StoreError
 from .validation import CONTROL, InvalidInputError, check_oid, check_path
 
 LFS_SUFFIXES = (
@@ -667,16 +668,24 @@ class HubHandler(BaseHTTPRequestHandler):
         }
         if entry.lfs:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": entry.size})
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match and int(match.group(1)) < entry.size:
-            start = int(match.group(1))
-            headers["Content-Range"] = f"bytes {start}-{entry.size - 1}/{entry.size}"
+        try:
+            wanted = parse_range(self.headers.get("Range"), entry.size)
+        except RangeNotSatisfiable:
+            headers = {**headers, "Content-Range": f"bytes */{entry.size}"}
+            return self._send(416, b"", {**headers, "X-Error-Code": "RangeNotSatisfiable"})
+        self._send_blob(entry, headers, wanted)
+
+    def _send_blob(self, entry: FileEntry, headers: dict, wanted: ByteRange | None) -> None:
+        """The file, or the byte range `wanted` of it (206); a HEAD gets the same status and headers."""
+        start, length = (wanted.start, wanted.length) if wanted else (0, entry.size)
+        if wanted:
+            headers = {**headers, "Content-Range": wanted.content_range}
         with self.store.open_blob(entry.sha256) as blob:
             blob.seek(start)
-            self._start(206 if start else 200, {**headers, "Content-Length": entry.size - start})
-            while self.command == "GET" and (chunk := blob.read(CHUNK_SIZE)):
+            self._start(206 if wanted else 200, {**headers, "Content-Length": length})
+            while self.command == "GET" and length > 0 and (chunk := blob.read(min(CHUNK_SIZE, length))):
                 self.wfile.write(chunk)
+                length -= len(chunk)
 
 
 def _commit_line(line: bytes) -> dict:
