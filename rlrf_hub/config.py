@@ -127,8 +127,11 @@ class RLRFArguments:
             reusing a `rlrf-hub hub serve` already running there or starting one for the run. A URL: that Hub.
             `none`: Hub-shaped folders under `output_dir`, no Hub at all. The token comes from `HF_TOKEN`.
         hub_store: the offline Hub's storage folder (default: `$RLRF_HUB_CACHE/hub`, i.e. `~/.cache/rlrf-hub/hub`).
-        checkpoint_push_interval: seconds between pushes of a stage's unfinished work to a `checkpoints/iter-<t>`
-            branch of its repo, so a run restarted on another machine continues from it (0: after every chunk).
+        hub_max_retries: retries of a Hub call on connection errors, timeouts, 429 and 5xx, with exponential backoff
+            (1 s, 2 s, ... at most 30 s); when they run out the run stops naming the Hub, and can be resumed.
+        checkpoint_push_interval: seconds between pushes of a stage's unfinished work to a `checkpoints/iter-<t>-<key>`
+            branch of its repo (`<key>`: the stage's content key, so only a run with the same inputs reads it), so a
+            run restarted on another machine continues from it (0: after every chunk).
         shard: `i/N` (0 <= i < N, usually given as `--shard i/N`) makes this process worker i of N sharing the
             generation of each iteration: it samples, rates and refines every N-th chunk and pushes its parts to
             the stage's checkpoint branch; worker 0 merges, publishes and tags each stage and trains. Needs a Hub.
@@ -144,6 +147,10 @@ class RLRFArguments:
             `../shared/data` when present, else `openai/gsm8k` and `re-align/just-eval-instruct`.
         eval_judge_template: Just-Eval judge template file or folder (unset: the shipped one).
         eval_max_new_tokens: answer length limit during evaluation (greedy decoding).
+
+    Parameters that control the run itself:
+        wait_for_lock: one run at a time may use an `output_dir`; a second one stops at once naming the first
+            one's pid, or with `wait_for_lock` (`--wait_for_lock`) waits until it is done.
     """
 
     prompt_sources: list[PromptSource] = field(default_factory=list)
@@ -191,6 +198,7 @@ class RLRFArguments:
     hub_namespace: str | None = None
     hub_endpoint: str | None = None
     hub_store: str | None = None
+    hub_max_retries: int = 5
     checkpoint_push_interval: float = 60.0
     shard: str | None = None
     shard_wait_timeout: float = 21600.0
@@ -203,6 +211,8 @@ class RLRFArguments:
     eval_just_eval_data: str | None = None
     eval_judge_template: str | None = None
     eval_max_new_tokens: int = 256
+
+    wait_for_lock: bool = False
 
     def __post_init__(self) -> None:
         self.prompt_sources = [_as_source(s, i) for i, s in enumerate(self.prompt_sources)]
@@ -258,6 +268,8 @@ def make_parser():
 def parse_recipe(args: list[str]) -> Recipe:
     """Parse `--config FILE` plus overrides; every problem becomes one `RecipeError` naming the field."""
     if "--config" in args:
+        if args.index("--config") + 1 >= len(args):
+            raise RecipeError("config: --config needs a recipe file (rlrf-hub run --config RECIPE.yaml)")
         config_path = Path(args[args.index("--config") + 1])
         if not config_path.is_file():
             raise RecipeError(f"config: recipe file {config_path} does not exist")
@@ -286,17 +298,35 @@ def _reject_unknown_keys(parser, args: list[str]) -> None:
     import yaml
 
     path = args[args.index("--config") + 1]
+    text = read_utf8(Path(path), "config")
     try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
+        config = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise RecipeError(f"config: {path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RecipeError(f"config: {path}{where}: not valid YAML: {problem} (fix the recipe file)") from None
     if not isinstance(config, dict):
         raise RecipeError(f"config: {path} must hold a YAML mapping of recipe keys")
     known = {action.dest for action in parser._actions} | {"env"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise RecipeError(f"unknown recipe key(s) in {path}: {', '.join(unknown)}")
+
+
+def read_utf8(path: Path, field_name: str) -> str:
+    """The text of `path`; a byte that is not UTF-8 is a `RecipeError` naming the file, line and byte offset."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RecipeError(f"{field_name}: cannot read {path}: {err.strerror or err} (check the path)") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise RecipeError(
+            f"{field_name}: {path} line {line} (byte {err.start}) is not UTF-8: {err.reason} (save the file as UTF-8)"
+        ) from None
 
 
 def _explain(err: Exception) -> str:
@@ -376,6 +406,7 @@ def validate(recipe: Recipe) -> None:
         f"is needed to publish to {r.hub_endpoint}",
     )
     _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
+    _require(r.hub_max_retries >= 0, "hub_max_retries", "must be >= 0")
     _require(r.checkpoint_push_interval >= 0, "checkpoint_push_interval", "must be >= 0 seconds")
     if r.shard is not None:
         from .sharding import Shard

@@ -12,7 +12,7 @@ come from its content alone, so every row is the row an unsharded run makes (on 
 merged stage is published in the unsharded order, under the same content key. Chunks rather than prompts are
 dealt out because a prompt-by-prompt split would regroup the batches and change the chunk seeds.
 
-Workers push their parts (`part-s<i>of<N>-<k>.parquet`) to the stage's `checkpoints/iter-<t>` branch and, when
+Workers push their parts (`part-s<i>of<N>-<k>.parquet`) to the stage's `checkpoints/iter-<t>-<key>` branch and, when
 their share of a step is done, a marker `<step>-s<i>of<N>.done` with it (forced, whatever
 `checkpoint_push_interval` says). Worker 0 waits for all N markers (at most `shard_wait_timeout` seconds),
 pulls every part, checks that every expected row is there, publishes and tags the stage as an unsharded run
@@ -40,6 +40,7 @@ from .backends import SamplingParams, factory
 from .candidates import candidate_jobs
 from .checkpoint import StageCheckpoint
 from .config import Recipe, RecipeError
+from .errors import RunError
 from .feedback import judge
 from .feedback.templates import TEMPLATES_SHA256
 from .ids import response_id
@@ -56,10 +57,7 @@ from .training import METRICS_FILE
 
 OFFLINE_NAMESPACE = "local"
 ENDPOINT_PREFIX = "endpoint_"
-
-
-class RunError(RuntimeError):
-    """The loop cannot continue; the message says why and what to change."""
+KEY_FILE = ".content-key"
 
 
 def reusable(publisher: Publisher, found: Published | None, key: str) -> bool:
@@ -213,7 +211,7 @@ class Iteration:
         if reusable(self.publisher, found, key):
             return list(self.publisher.load(stage, self.t)), found
         started = time.time()
-        checkpoint = self._checkpoint(stage)
+        checkpoint = self._checkpoint(stage, key)
         origin = "candidate" if stage == "candidates" else "refinement"
         job_list = jobs()
         sample_responses(
@@ -234,11 +232,14 @@ class Iteration:
             stage, checkpoint, expected, key, lambda rows, stats: self._lineage(stage, rows, parents, started)
         )
 
-    def _checkpoint(self, stage: str) -> StageCheckpoint:
-        mirror = self.publisher.checkpoint_mirror(stage, self.t)
+    def _checkpoint(self, stage: str, key: str) -> StageCheckpoint:
+        """The stage's unfinished work for the inputs with content key `key`, here and on the Hub."""
+        mirror = self.publisher.checkpoint_mirror(stage, self.t, key)
         if self.shard.sharded and mirror is None:
             raise RunError(f"shard: the workers of a sharded run meet on a Hub; {self.publisher!r} is not one")
-        return StageCheckpoint(self.work / stage, stage, mirror, self.shard)
+        folder = self.work / stage
+        _drop_other_inputs(folder, key)
+        return StageCheckpoint(folder, stage, mirror, self.shard)
 
     def _finish(self, stage: str, checkpoint: StageCheckpoint, expected: list[str], key: str, lineage):
         """Publish a stage whose rows are all checkpointed, one row per `expected` response id in that order.
@@ -372,7 +373,7 @@ class Iteration:
             refinements = self._published_refinements(cand_pub)
             return refinements, list(self.publisher.load("feedback", self.t)), found
         started = time.time()
-        checkpoint = self._checkpoint("feedback")
+        checkpoint = self._checkpoint("feedback", key)
         self._rate(candidates, checkpoint)
         if self.shard.sharded and self.rule != "reward_only":
             checkpoint.mark_done("rated", {"rows": checkpoint.own_rows()})
@@ -559,6 +560,7 @@ def make_publisher(recipe: Recipe) -> Publisher:
     endpoint = args.hub_endpoint
     if endpoint == "none":
         return FolderPublisher(recipe.output_dir)
+    from .backends.retry import RetryPolicy
     from .hub.publisher import HubPublisher
 
     namespace = args.hub_namespace
@@ -575,6 +577,7 @@ def make_publisher(recipe: Recipe) -> Publisher:
         endpoint=endpoint,
         token=os.environ.get("HF_TOKEN"),
         checkpoint_interval=args.checkpoint_push_interval,
+        retry=RetryPolicy(max_retries=args.hub_max_retries, base_delay=1.0, max_delay=30.0),
     )
 
 
@@ -596,8 +599,22 @@ def offline_hub(store: Path) -> str:
 
 
 def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSummary]:
-    """Run every iteration of the recipe; finished iterations are read back, not recomputed."""
-    publisher = publisher or make_publisher(recipe)
+    """Run every iteration of the recipe; finished iterations are read back, not recomputed.
+
+    The run holds `output_dir` for itself (`RunLock`) and, before the first stage, checks that its Hub, models and
+    endpoints answer (`preflight`), so that what is expected to go wrong goes wrong before anything is written.
+    """
+    from .preflight import check_recipe_resources
+    from .run_lock import RunLock
+
+    with RunLock(recipe.output_dir, wait=recipe.rlrf.wait_for_lock):
+        publisher = publisher or make_publisher(recipe)
+        publisher.check()
+        check_recipe_resources(recipe)
+        return _iterations(recipe, publisher)
+
+
+def _iterations(recipe: Recipe, publisher: Publisher) -> list[IterationSummary]:
     shard = Shard.parse(recipe.rlrf.shard)
     if shard.sharded and not shard.merger:
         _wait_until(
@@ -623,6 +640,16 @@ def run(recipe: Recipe, publisher: Publisher | None = None) -> list[IterationSum
             evaluate_iteration(recipe, publisher, t + 1)
     Path(recipe.output_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
     return summaries
+
+
+def _drop_other_inputs(folder: Path, key: str) -> None:
+    """Keep `folder`'s checkpoint parts only if they were made from the inputs with content key `key`: an edited
+    recipe must not resume from the parts of the old one. No other run can be using them (the output_dir lock)."""
+    marker = folder / KEY_FILE
+    if marker.is_file() and marker.read_text().strip() != key:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key + "\n")
 
 
 def _wait_until(ready, status, timeout: float, shard: Shard):

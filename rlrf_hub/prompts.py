@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import PromptSource, RecipeError
+from .config import PromptSource, RecipeError, read_utf8
 from .ids import normalise_prompt, prompt_id
 
+Record = tuple[str, dict]  # where the row is ("FILE line N", "DATASET row N") and the row
 
-def load_records(source: PromptSource, where: str) -> list[dict]:
-    """Rows of a `.jsonl`/`.json` file, a folder of them, or a Hub dataset id (through `datasets`)."""
+
+def load_records(source: PromptSource, where: str) -> list[Record]:
+    """Rows of a `.jsonl`/`.json` file, a folder of them, or a Hub dataset id (through `datasets`), each with the
+    place it comes from, for error messages."""
     path = Path(source.path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
         if not files:
             raise RecipeError(f"{where}.path: folder {path} holds no .jsonl or .json file")
-        return [row for f in files for row in _read_file(f, where)]
+        return [record for f in files for record in _read_file(f, where)]
     if path.is_file():
         return _read_file(path, where)
     from datasets import load_dataset
@@ -25,25 +28,44 @@ def load_records(source: PromptSource, where: str) -> list[dict]:
         dataset = load_dataset(source.path, name=source.name, split=source.split)
     except Exception as err:
         raise RecipeError(f"{where}.path: cannot load dataset {source.path!r}: {err}") from None
-    return list(dataset)
+    return [(f"{source.path} row {i}", row) for i, row in enumerate(dataset)]
 
 
-def _read_file(path: Path, where: str) -> list[dict]:
+def _read_file(path: Path, where: str) -> list[Record]:
+    text = read_utf8(path, f"{where}.path")
+    if path.suffix == ".jsonl":
+        records = [(f"{path} line {n}", _parse_json(line, path, n, where)) for n, line in _lines(text)]
+    else:
+        data = _parse_json(text, path, None, where)
+        if not isinstance(data, list):
+            raise RecipeError(f"{where}.path: {path} must hold a JSON list of objects (or be a .jsonl file)")
+        records = [(f"{path} item {i}", row) for i, row in enumerate(data)]
+    for place, row in records:
+        if not isinstance(row, dict):
+            raise RecipeError(f"{where}.path: {place} is a {type(row).__name__}, not a JSON object (fix that row)")
+    return records
+
+
+def _lines(text: str):
+    """(1-based line number, line) for every non-blank physical line; only `\n` ends a line, as in `wc -l`."""
+    return ((n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip())
+
+
+def _parse_json(text: str, path: Path, line: int | None, where: str):
     try:
-        if path.suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise RecipeError(f"{where}.path: cannot read {path}: {err}") from None
-    if not isinstance(data, list):
-        raise RecipeError(f"{where}.path: {path} must hold a JSON list of objects")
-    return data
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        place = f"{path} line {line}" if line is not None else f"{path} line {err.lineno}"
+        raise RecipeError(
+            f"{where}.path: {place} is not valid JSON: {err.msg} at column {err.colno} (fix or remove that line)"
+        ) from None
 
 
-def load_reference_texts(path: str) -> dict[str, str]:
+def load_reference_texts(path: str, where: str) -> dict[str, str]:
     """`{title: text}` or `{title: {"extract": text, ...}}` (the FActScore Wikipedia file's shape)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = _parse_json(read_utf8(Path(path), f"{where}.reference_file"), Path(path), None, f"{where}.reference_file")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}.reference_file: {path} must hold a JSON object {{title: text}}")
     return {title: value["extract"] if isinstance(value, dict) else str(value) for title, value in data.items()}
 
 
@@ -70,9 +92,9 @@ def _reference(row: dict, source: PromptSource, references: dict[str, str] | Non
 
 def source_rows(source: PromptSource, index: int) -> list[dict]:
     where = f"prompt_sources[{index}]"
-    references = load_reference_texts(source.reference_file) if source.reference_file else None
-    rows = []
-    for record in load_records(source, where):
+    references = load_reference_texts(source.reference_file, where) if source.reference_file else None
+    rows, places = [], []
+    for place, record in load_records(source, where):
         reference = _reference(record, source, references)
         if source.require_reference and not reference:
             continue
@@ -86,8 +108,26 @@ def source_rows(source: PromptSource, index: int) -> list[dict]:
                 "source": source.path,
             }
         )
+        places.append(place)
     end = None if source.limit is None else source.offset + source.limit
+    for row, place in zip(rows[source.offset : end], places[source.offset : end], strict=True):
+        if source.task == "math" and not row["reference"]:
+            raise RecipeError(_no_reference(source, where, place))
     return rows[source.offset : end]
+
+
+def _no_reference(source: PromptSource, where: str, place: str) -> str:
+    """Math answers are checked against the reference (by the verifier or the judge): a row without one would be
+    judged blind."""
+    if not source.reference_field:
+        return (
+            f"{where}.reference_field: math prompts are checked against a reference solution and {source.path} has "
+            "none (name its column in reference_field)"
+        )
+    return (
+        f"{where}: {place} has no reference in field {source.reference_field!r}; math answers are checked against it "
+        "(fill it in, or set require_reference: true to leave such rows out)"
+    )
 
 
 def build_prompts(sources: list[PromptSource]) -> list[dict]:

@@ -137,7 +137,9 @@ def test_an_interrupted_stage_continues_on_another_machine_from_its_pushed_parts
         with pytest.raises(_Crash):
             run(_recipe(tmp_path, data_dir, "crashed", **settings))
         api = HfApi(endpoint=url)
-        branch = "checkpoints/iter-0"
+        branches = [b.name for b in api.list_repo_refs("team/tiny-candidates", repo_type="dataset").branches]
+        (branch,) = [name for name in branches if name != "main"]
+        assert branch.startswith("checkpoints/iter-0-"), "a branch per iteration and content key"
         pushed = api.list_repo_files("team/tiny-candidates", repo_type="dataset", revision=branch)
         assert sorted(p for p in pushed if p.startswith("checkpoint/")) == [
             "checkpoint/part-00000.parquet",

@@ -47,8 +47,8 @@ class EndpointUnavailableError(RuntimeError):
         self.reason = failure.reason
         self.attempts = attempts
         super().__init__(
-            f"endpoint {url} is unavailable: {attempts} attempt(s) failed, the last with {failure.reason} "
-            f"({failure.message}). Rows finished before this are kept; restart the run once the endpoint is up."
+            f"endpoint {url}: {attempts} attempt(s) failed, the last with {failure.reason}: {failure.message} (rows "
+            "finished before this are kept: run the same command again once the endpoint is up)"
         )
 
 

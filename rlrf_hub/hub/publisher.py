@@ -9,27 +9,126 @@ A tag is never moved: publishing again under an existing tag succeeds only when 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import httpx2
 from datasets import Dataset, load_dataset
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
+from ..backends.retry import RetryPolicy, parse_retry_after
 from ..cards import adapter_card
+from ..errors import RunError
 from ..publishing import Published, card_content_key, record_published, write_stage_folder
 from ..schemas import FEATURES
 from .checkpoints import HubCheckpointMirror, checkpoint_branch
 
 PUBLIC_HUB_HOST = "huggingface.co"
 GITATTRIBUTES = ".gitattributes"
+RETRIED_STATUSES = frozenset({408, 429})
+CONFLICT_STATUSES = frozenset({409, 412})
+KEY_CHARS = 12
+T = TypeVar("T")
 
 
-class PublishConflictError(RuntimeError):
+class PublishConflictError(RunError):
     """A tag already names different content: published results are immutable."""
+
+
+class HubUnavailableError(RunError):
+    """The Hub kept failing after every retry, or refused the token; the message names the endpoint, never a
+    token."""
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status of a Hub error, looking through what wrapped it (`hf_hub_download` wraps its failures)."""
+    current, seen = error, set()
+    while current is not None and id(current) not in seen:
+        if isinstance(current, HfHubHTTPError) and current.response is not None:
+            return current.response.status_code
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _transient(error: BaseException) -> bool:
+    """Connection failures, timeouts, 408, 429 and 5xx: worth sending again."""
+    status = _status(error)
+    if status is not None:
+        return status >= 500 or status in RETRIED_STATUSES
+    current, seen = error, set()
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (httpx2.TransportError, ConnectionError, TimeoutError)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _retry_after(error: BaseException) -> float | None:
+    response = getattr(error, "response", None)
+    return parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+
+
+def _summary(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+
+class RetryingApi:
+    """An `HfApi` whose calls are sent again on transient failures, with exponential backoff (`RetryPolicy`).
+
+    When the retries run out, or the Hub refuses the token (401, 403), the call raises `HubUnavailableError` naming
+    the endpoint and the call. Other errors (a missing repo, revision or file, a conflict) pass through unchanged:
+    the publisher decides what they mean.
+    """
+
+    def __init__(self, api: HfApi, policy: RetryPolicy):
+        self.api, self.policy = api, policy
+
+    @property
+    def endpoint(self) -> str:
+        return self.api.endpoint
+
+    @property
+    def token(self) -> str | bool | None:
+        return self.api.token
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.api, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: self.call(name, attribute, *args, **kwargs)
+
+    def call(self, what: str, function: Callable[..., T], *args, **kwargs) -> T:
+        """`function(*args, **kwargs)`, retried; `what` names it in the final error."""
+        for attempt in range(self.policy.max_retries + 1):
+            try:
+                result = function(*args, **kwargs)
+                return list(result) if inspect.isgenerator(result) else result
+            except Exception as error:
+                if _status(error) in (401, 403) and type(error) is HfHubHTTPError:
+                    raise HubUnavailableError(
+                        f"hub_endpoint: {self.endpoint} refused {what}: {_summary(error)} (set HF_TOKEN to a token "
+                        "that may write to hub_namespace)"
+                    ) from None
+                if not _transient(error):
+                    raise
+                if attempt == self.policy.max_retries:
+                    raise HubUnavailableError(
+                        f"hub_endpoint: {self.endpoint} failed {what} {attempt + 1} time(s), last with "
+                        f"{_summary(error)} (published stages and checkpoint parts are kept: run the same command "
+                        "again once the Hub answers; hub_max_retries sets the retries)"
+                    ) from None
+                time.sleep(self.policy.delay(attempt, _retry_after(error)))
+        raise AssertionError("unreachable")
 
 
 def iteration_tag(iteration: int) -> str:
@@ -72,6 +171,7 @@ class HubPublisher:
             which have no per-call endpoint, and Xet uploads are turned off for it.
         token: write token; None uses the one the HF clients find themselves. It is kept only inside `HfApi`.
         checkpoint_interval: least seconds between two pushes of a stage's unfinished work (`checkpoints`).
+        retry: how Hub calls are retried on connection errors, timeouts, 429 and 5xx (`RetryingApi`).
     """
 
     def __init__(
@@ -82,6 +182,7 @@ class HubPublisher:
         endpoint: str | None = None,
         token: str | None = None,
         checkpoint_interval: float = 60.0,
+        retry: RetryPolicy | None = None,
     ):
         if endpoint is not None and urlsplit(endpoint).hostname != PUBLIC_HUB_HOST:
             from .server import configure_clients
@@ -89,7 +190,7 @@ class HubPublisher:
             configure_clients(endpoint)
         self.namespace, self.run_name = namespace, run_name
         self.work_dir = Path(work_dir)
-        self.api = HfApi(endpoint=endpoint, token=token)
+        self.api = RetryingApi(HfApi(endpoint=endpoint, token=token), retry or RetryPolicy(5, 1.0, 30.0))
         self.checkpoint_interval = checkpoint_interval
 
     def __repr__(self) -> str:
@@ -98,6 +199,31 @@ class HubPublisher:
     def repo_id(self, stage: str) -> str:
         """The repo of a stage, or of the adapters for `stage="adapter"`."""
         return f"{self.namespace}/{self.run_name}-{stage}"
+
+    def check(self) -> None:
+        """Fail now, before any stage, if the Hub does not answer (after the retries) or, on huggingface.co, if the
+        token cannot write to the namespace."""
+        self.api.repo_exists(self.repo_id("prompts"), repo_type="dataset")
+        if urlsplit(self.api.endpoint).hostname == PUBLIC_HUB_HOST:
+            self._check_public_namespace()
+
+    def _check_public_namespace(self) -> None:
+        from huggingface_hub import get_token
+
+        if not (self.api.token or get_token()):
+            raise HubUnavailableError(
+                f"hub_namespace: publishing to {PUBLIC_HUB_HOST} needs a write token (set HF_TOKEN, or run "
+                "`hf auth login`)"
+            )
+        me = self.api.whoami()
+        names = {me.get("name")} | {org.get("name") for org in me.get("orgs", [])}
+        role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+        if self.namespace not in names or role == "read":
+            owned = sorted(name for name in names if name)
+            raise HubUnavailableError(
+                f"hub_namespace: the token (role {role}, namespaces {owned}) cannot write to {self.namespace!r} on "
+                f"{PUBLIC_HUB_HOST} (use one of its namespaces, or a write token)"
+            )
 
     # Datasets ------------------------------------------------------------------------------------------------------
     def find(self, stage: str, iteration: int) -> Published | None:
@@ -112,8 +238,14 @@ class HubPublisher:
         found = self.find(stage, iteration)
         if found is None:
             raise FileNotFoundError(f"{self.repo_id(stage)} has no tag {iteration_tag(iteration)}")
-        return load_dataset(
-            found.location, revision=found.revision, split="train", features=FEATURES[stage], token=self.api.token
+        return self.api.call(
+            f"loading {found.location}@{found.revision}",
+            load_dataset,
+            found.location,
+            revision=found.revision,
+            split="train",
+            features=FEATURES[stage],
+            token=self.api.token,
         )
 
     def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published:
@@ -130,10 +262,11 @@ class HubPublisher:
         self.record(published)
         return published
 
-    def checkpoint_mirror(self, stage: str, iteration: int) -> HubCheckpointMirror:
-        return HubCheckpointMirror(
-            self.api, self.repo_id(stage), "dataset", checkpoint_branch(iteration), self.checkpoint_interval
-        )
+    def checkpoint_mirror(self, stage: str, iteration: int, key: str) -> HubCheckpointMirror:
+        """The stage's unfinished work for the inputs with content key `key`, on a branch of its own: runs that share
+        a run_name but not the inputs (another seed, say) never read each other's parts."""
+        branch = f"{checkpoint_branch(iteration)}-{key[:KEY_CHARS]}"
+        return HubCheckpointMirror(self.api, self.repo_id(stage), "dataset", branch, self.checkpoint_interval)
 
     # Adapters ------------------------------------------------------------------------------------------------------
     def adapter_dir(self, model_index: int) -> Path:
@@ -201,13 +334,20 @@ class HubPublisher:
         operations = [
             CommitOperationDelete(path_in_repo=path) for path in sorted(set(remote) - set(local) - {GITATTRIBUTES})
         ] + [CommitOperationAdd(path_in_repo=path, path_or_fileobj=folder / path) for path in local]
-        commit = self.api.create_commit(
-            repo_id, operations, commit_message=f"Publish {message}", repo_type=repo_type, parent_commit=head
-        )
+        try:
+            commit = self.api.create_commit(
+                repo_id, operations, commit_message=f"Publish {message}", repo_type=repo_type, parent_commit=head
+            )
+        except HfHubHTTPError as error:
+            conflict = _status(error) in CONFLICT_STATUSES
+            existing = self._tagged_commit(repo_id, repo_type, iteration) if conflict else None
+            if existing is None:
+                raise
+            return self._ensure_identical(repo_id, repo_type, existing, folder, tag)
         try:
             self.api.create_tag(repo_id, tag=tag, revision=commit.oid, tag_message=message, repo_type=repo_type)
         except HfHubHTTPError as error:
-            if error.response is None or error.response.status_code != 409:
+            if _status(error) not in CONFLICT_STATUSES:
                 raise
             existing = self._tagged_commit(repo_id, repo_type, iteration)
             return self._ensure_identical(repo_id, repo_type, existing, folder, tag)
@@ -217,8 +357,9 @@ class HubPublisher:
         if self._same_content(repo_id, repo_type, sha, folder):
             return sha
         raise PublishConflictError(
-            f"{repo_type} repo {repo_id} already has tag {tag} (commit {sha}) with different content; published "
-            f"results are never replaced. Use another run_name, or delete the tag on the Hub to publish again."
+            f"run_name: {repo_type} repo {repo_id} already has tag {tag} (commit {sha}) with different content, "
+            "published by another run; published results are never replaced (use another run_name, or delete the tag "
+            "on the Hub to publish again)"
         )
 
     def _same_content(self, repo_id: str, repo_type: str, sha: str, folder: Path) -> bool:
