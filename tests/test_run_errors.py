@@ -112,6 +112,16 @@ def test_a_policy_that_does_not_exist(tmp_path, data_dir, capsys):
     assert not (tmp_path / "out").exists(), "the folder the run created is removed again"
 
 
+@pytest.mark.parametrize(
+    ("field", "extra"),
+    [("reward_model", {}), ("eval_judge", {"eval_tasks": ["just_eval"]}), ("feedback_model", {})],
+)
+def test_every_model_the_recipe_names_is_checked_first(tmp_path, data_dir, capsys, tiny_model, field, extra):
+    missing = str(tmp_path / "models" / field)
+    message = _fails(tmp_path, capsys, tiny_recipe(data_dir, tmp_path / "out", **{field: missing}, **extra))
+    assert message.startswith(f"{field}: {missing} does not exist (")
+
+
 def test_a_truncated_judge_is_found_before_the_candidates(tmp_path, data_dir, capsys, tiny_model):
     judge = tmp_path / "judge"
     shutil.copytree(tiny_model, judge)
