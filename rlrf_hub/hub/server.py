@@ -4,8 +4,9 @@ clients use.
 Point the clients at it with `HF_ENDPOINT=http://127.0.0.1:PORT` and `HF_HUB_DISABLE_XET=1` (set before importing
 them): LFS uploads then use the `basic` batch transfer that this server implements.
 
-Reads are open to anyone who can reach the server; with a token, every route that changes the store needs
-`Authorization: Bearer TOKEN` (or, for an LFS upload, the signed href that an authorised batch call handed out).
+Reads are open to anyone who can reach the server, except reads of a private repository when the server has a
+token; with a token, every route that changes the store needs `Authorization: Bearer TOKEN` (or, for an LFS upload,
+the signed href that an authorised batch call handed out).
 `ROUTES` and `READS` are the one place that says which route is which: see SECURITY.md.
 """
 
@@ -33,8 +34,8 @@ from urllib.request import urlopen
 
 from ..httpd import IDLE_TIMEOUT_S, BadRequest, BoundedHTTPServer, discard_body, parse_json, read_body_chunks
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
-from .store import CHUNK_SIZE, STORE_ID_FILE, Commit, FileEntry, Operation, Store, StoreError
-from .validation import CONTROL, InvalidInputError, check_oid, check_path
+from .store import CHUNK_SIZE, STORE_ID_FILE, Commit, FileEntry, Operation, RepoNotFoundError, Store, StoreError
+from .validation import CONTROL, InvalidInputError, check_oid, check_path, check_repo_id
 
 LFS_SUFFIXES = (
     ".safetensors",
@@ -54,12 +55,28 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_COMMIT_LINE_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024**3
 TOKEN_ENV = "RLRF_HUB_TOKEN"
+USER = "offline"
+DISCUSSIONS_PAGE = 50
+API_LIST = re.compile(r"/api/(models|datasets)")
 API_REPO = re.compile(r"/api/(models|datasets)/(?P<rest>.+)")
 LFS_BATCH = re.compile(r"/(?:(datasets)/)?(?P<repo>[^/]+(?:/[^/]+)?)\.git/info/lfs/objects/batch")
 HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
 SERVER_FILE = "server.json"
 STORE_INFO = "/api/rlrf-hub/store"
-API_ACTIONS = ("revision", "tree", "paths-info", "preupload", "commit", "refs", "commits", "branch", "tag")
+API_ACTIONS = (
+    "revision",
+    "tree",
+    "paths-info",
+    "preupload",
+    "commit",
+    "refs",
+    "commits",
+    "branch",
+    "tag",
+    "settings",
+    "super-squash",
+    "discussions",
+)
 FIXED_ROUTES = {
     "/api/validate-yaml": "validate-yaml",
     "/api/repos/create": "create-repo",
@@ -91,6 +108,11 @@ ROUTES = {
     ("DELETE", "tag"): "_delete_ref",
     ("GET", "resolve"): "_resolve",
     ("HEAD", "resolve"): "_resolve",
+    ("PUT", "settings"): "_update_settings",
+    ("POST", "super-squash"): "_super_squash",
+    ("GET", "discussions"): "_get_discussions",
+    ("POST", "discussions"): "_post_discussions",
+    ("GET", "list"): "_list_repos",
 }
 READS = frozenset(
     {key for key in ROUTES if key[0] in ("GET", "HEAD")}
@@ -124,6 +146,8 @@ def parse_route(path: str) -> Route | None:
         return Route(FIXED_ROUTES[path])
     if path.startswith("/lfs-upload/"):
         return Route("lfs-upload", args=[path[len("/lfs-upload/") :]])
+    if match := API_LIST.fullmatch(path):
+        return Route("list", match.group(1)[:-1])
     if match := LFS_BATCH.fullmatch(path):
         return Route("lfs-batch", "dataset" if match.group(1) else "model", unquote(match.group("repo")))
     if match := API_REPO.fullmatch(path):
@@ -171,12 +195,12 @@ def _b64(text: str, what: str) -> bytes:
         raise BadRequest(400, f"{what} is not valid base64") from None
 
 
-def _size_param(query: dict[str, list[str]]) -> int | None:
-    raw = query.get("size", [""])[0]
+def _count_param(query: dict[str, list[str]], name: str) -> int | None:
+    raw = query.get(name, [""])[0]
     if not raw:
         return None
-    if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest(400, "size must be a non-negative integer")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise BadRequest(400, f"{name} must be a non-negative integer")
     return int(raw)
 
 
@@ -346,7 +370,14 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._fail(404, f"no route for {self.command} {url.path[:200]}", "NotFound")
         if key not in READS and key not in BODY_DECIDES:
             self._require_write_access(route, query)
+        elif route.repo_id and not self._authorized(route, query):
+            self._hide_private(route)
         getattr(self, ROUTES[key])(route, query)
+
+    def _hide_private(self, route: Route) -> None:
+        """An anonymous read of a private repo gets the answer for a missing one, as on the Hub."""
+        if self.store.is_private(route.repo_type, route.repo_id):
+            raise RepoNotFoundError(f"repository {route.repo_type} {route.repo_id} not found")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch  # noqa: N815
 
@@ -360,24 +391,25 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json({"errors": [], "warnings": []})
 
     def _whoami(self, route: Route, query: dict) -> None:
-        self._json({"type": "user", "name": "offline", "fullname": "offline", "orgs": [], "auth": {}})
+        self._json({"type": "user", "name": USER, "fullname": USER, "orgs": [], "auth": {}})
 
     def _store_id(self, route: Route, query: dict) -> None:
         self._json({"id": self.store.id})
 
-    def _named_repo(self) -> tuple[str, str]:
-        """(repo_type, repo_id) of a create or delete body: `name`, optional `organization` and `type`."""
-        body = self._json_object()
+    def _named_repo(self, body: dict) -> tuple[str, str]:
+        """(repo_type, repo_id) of a create or delete body: `name`, optional `organization` (the token's user when
+        absent, as on the Hub) and `type`."""
         name = _field(body, "name", str, required=True)
-        organization = _field(body, "organization", str)
+        organization = _field(body, "organization", str) or USER
         repo_type = _field(body, "type", str) or "model"
-        return repo_type, f"{organization}/{name}" if organization else name
+        return repo_type, check_repo_id(f"{organization}/{name}")
 
     def _create_repo(self, route: Route, query: dict) -> None:
-        repo_type, repo_id = self._named_repo()
+        body = self._json_object()
+        repo_type, repo_id = self._named_repo(body)
         url = self._repo_url(repo_type, repo_id)
         try:
-            self.store.create_repo(repo_type, repo_id)
+            self.store.create_repo(repo_type, repo_id, bool(_visibility(body)))
         except StoreError as err:
             if err.status == 409:
                 return self._json({"error": str(err), "url": url}, 409, {"X-Error-Message": _header_value(str(err))})
@@ -385,12 +417,13 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json({"url": url, "name": repo_id, "id": repo_id})
 
     def _delete_repo(self, route: Route, query: dict) -> None:
-        self.store.delete_repo(*self._named_repo())
+        self.store.delete_repo(*self._named_repo(self._json_object()))
         self._json({})
 
     def _repo_info(self, route: Route, query: dict) -> None:
         repo_id = route.repo_id
         commit = self.store.commit_at(route.repo_type, repo_id, route.revision)
+        settings = self.store.settings(route.repo_type, repo_id)
         siblings = [
             {
                 "rfilename": path,
@@ -406,9 +439,9 @@ class HubHandler(BaseHTTPRequestHandler):
                 "_id": repo_id,
                 "author": repo_id.split("/")[0],
                 "sha": commit.id,
-                "private": False,
+                "private": settings["private"],
                 "disabled": False,
-                "gated": False,
+                "gated": settings["gated"],
                 "lastModified": commit.date,
                 "createdAt": commit.date,
                 "tags": [],
@@ -482,8 +515,6 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(result)
 
     def _preupload(self, route: Route, query: dict) -> None:
-        if query.get("create_pr"):
-            raise StoreError("pull requests are not supported by the offline Hub")
         files = _field(self._json_object(), "files", list) or []
         commit = self.store.commit_at(route.repo_type, route.repo_id, route.revision)
         answers = []
@@ -493,9 +524,18 @@ class HubHandler(BaseHTTPRequestHandler):
             path = check_path(_field(item, "path", str, required=True))
             sample = _b64(_field(item, "sample", str) or "", f"sample of {path}")
             mode = "lfs" if _is_lfs(path, _field(item, "size", int) or 0, sample) else "regular"
-            entry = commit.tree.get(path)
-            answers.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": entry and entry.oid})
+            oid = self._remote_oid(commit.tree.get(path), mode)
+            answers.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         self._json({"files": answers, "commitOid": commit.id})
+
+    def _remote_oid(self, entry: FileEntry | None, mode: str) -> str | None:
+        """The id the client compares with its own to skip an unchanged file: the content's sha256 for an LFS
+        upload, the git blob id of the content for a regular one."""
+        if entry is None:
+            return None
+        if mode == "lfs":
+            return entry.sha256
+        return self.store.content_git_oid(entry.sha256) if entry.lfs else entry.oid
 
     def _lfs_batch(self, route: Route, query: dict) -> None:
         body = self._json_object()
@@ -531,17 +571,16 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _lfs_upload(self, route: Route, query: dict) -> None:
         oid = check_oid(route.args[0])
-        size = _size_param(query)
+        size = _count_param(query, "size")
         limit = self.server.max_upload if size is None else min(size, self.server.max_upload)
         self.store.put_blob(self._body_chunks(limit), expected_sha256=oid)
         self._json({})
 
     def _commit(self, route: Route, query: dict) -> None:
-        if query.get("create_pr"):
-            raise StoreError("pull requests are not supported by the offline Hub")
         store, repo_type, repo_id = self.store, route.repo_type, route.repo_id
         branch = route.revision or "main"
         store.commit_at(repo_type, repo_id, branch)
+        create_pr = _flag(query, "create_pr")
         header: dict = {}
         operations: list[Operation] = []
         for number, item in enumerate(self._lines(), 1):
@@ -551,20 +590,22 @@ class HubHandler(BaseHTTPRequestHandler):
                 header = value
             else:
                 operations.append(self._operation(key, value, number))
-        commit_id = store.create_commit(
-            repo_type,
-            repo_id,
-            branch,
-            operations,
-            _field(header, "summary", str) or "update",
-            _field(header, "description", str) or "",
-            _field(header, "parentCommit", str),
-        )
+        title = _field(header, "summary", str) or "update"
+        description = _field(header, "description", str) or ""
+        parent = _field(header, "parentCommit", str)
+        pr_url = None
+        if create_pr:
+            commit_id, num = store.create_pull_request(
+                repo_type, repo_id, branch, operations, title, description, parent, USER
+            )
+            pr_url = f"{self._repo_url(repo_type, repo_id)}/discussions/{num}"
+        else:
+            commit_id = store.create_commit(repo_type, repo_id, branch, operations, title, description, parent)
         self._json(
             {
                 "commitUrl": f"{self._repo_url(repo_type, repo_id)}/commit/{commit_id}",
                 "commitOid": commit_id,
-                "pullRequestUrl": None,
+                "pullRequestUrl": pr_url,
                 "success": True,
             }
         )
@@ -607,12 +648,13 @@ class HubHandler(BaseHTTPRequestHandler):
         def fmt(kind: str, items: dict) -> list[dict]:
             return [{"name": k, "ref": f"refs/{kind}/{k}", "targetCommit": v} for k, v in items.items()]
 
+        pull_requests = refs["prs"] if _flag(query, "include_prs") else {}
         self._json(
             {
                 "branches": fmt("heads", refs["branches"]),
                 "tags": fmt("tags", refs["tags"]),
                 "converts": [],
-                "pullRequests": [],
+                "pullRequests": [{"name": k, "ref": k, "targetCommit": v} for k, v in pull_requests.items()],
             }
         )
 
@@ -654,6 +696,110 @@ class HubHandler(BaseHTTPRequestHandler):
         self.store.delete_ref(route.repo_type, route.repo_id, kind, self._ref_name(route))
         self._json({})
 
+    def _update_settings(self, route: Route, query: dict) -> None:
+        body = self._json_object()
+        changes: dict = {}
+        if (private := _visibility(body)) is not None:
+            changes["private"] = private
+        if "gated" in body:
+            if body["gated"] not in ("auto", "manual", False):
+                raise BadRequest(400, "gated must be 'auto', 'manual' or false")
+            changes["gated"] = body["gated"]
+        self._json(self.store.update_settings(route.repo_type, route.repo_id, changes))
+
+    def _super_squash(self, route: Route, query: dict) -> None:
+        title = _field(self._json_object(), "message", str) or "Super-squash"
+        commit_id = self.store.squash_history(route.repo_type, route.repo_id, route.revision or "main", title)
+        self._json({"commitId": commit_id})
+
+    def _list_repos(self, route: Route, query: dict) -> None:
+        """`GET /api/models` or `/api/datasets`: `author` is the namespace, `search` a case-insensitive part of the
+        id; private repos only with the token."""
+        author, search = query.get("author", [""])[0], query.get("search", [""])[0].lower()
+        limit = _count_param(query, "limit")
+        show_private = self._authorized(route, query)
+        found = []
+        for repo_id in self.store.list_repos(route.repo_type):
+            if (author and repo_id.split("/")[0] != author) or search not in repo_id.lower():
+                continue
+            if show_private or not self.store.is_private(route.repo_type, repo_id):
+                found.append(self._listed(route.repo_type, repo_id))
+        self._json(found[:limit])
+
+    def _listed(self, repo_type: str, repo_id: str) -> dict:
+        commit = self.store.commit_at(repo_type, repo_id, None)
+        settings = self.store.settings(repo_type, repo_id)
+        return {
+            "id": repo_id,
+            "_id": repo_id,
+            "author": repo_id.split("/")[0],
+            "sha": commit.id,
+            "private": settings["private"],
+            "gated": settings["gated"],
+            "lastModified": commit.date,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+        }
+
+    def _get_discussions(self, route: Route, query: dict) -> None:
+        if route.args:
+            return self._json(self._discussion_json(route, self._discussion_number(route)))
+        records = [
+            record for record in self.store.discussions(route.repo_type, route.repo_id) if _matches(record, query)
+        ]
+        page = _count_param(query, "p") or 0
+        start = page * DISCUSSIONS_PAGE
+        shown = [self._discussion_summary(route, record) for record in records[start : start + DISCUSSIONS_PAGE]]
+        self._json({"discussions": shown, "count": len(records), "start": start})
+
+    def _post_discussions(self, route: Route, query: dict) -> None:
+        """`POST .../discussions` opens one; `.../discussions/N/{comment,status,merge}` changes it."""
+        body = self._json_object()
+        if not route.args:
+            title = _field(body, "title", str, required=True).strip()
+            if not title:
+                raise BadRequest(400, "a discussion needs a title")
+            description = _field(body, "description", str) or ""
+            pull_request = bool(_field(body, "pullRequest", bool))
+            num = self.store.create_discussion(route.repo_type, route.repo_id, title, description, USER, pull_request)
+            return self._json(
+                {"num": num, "url": f"{self._repo_url(route.repo_type, route.repo_id)}/discussions/{num}"}
+            )
+        num = self._discussion_number(route)
+        action = route.args[1] if len(route.args) == 2 else ""
+        repo = (route.repo_type, route.repo_id)
+        if action == "comment":
+            event = self.store.comment_discussion(*repo, num, _field(body, "comment", str, required=True), USER)
+            return self._json({"newMessage": event})
+        if action == "status":
+            status = _field(body, "status", str, required=True)
+            if status not in ("open", "closed"):
+                raise BadRequest(400, "status must be 'open' or 'closed'")
+            comment = _field(body, "comment", str) or ""
+            return self._json({"newStatus": self.store.set_discussion_status(*repo, num, status, USER, comment)})
+        if action == "merge":
+            self.store.merge_pull_request(*repo, num, USER, _field(body, "comment", str) or "")
+            return self._json({})
+        self._error(404, f"no discussion action {action[:40]!r}", "NotFound")
+
+    def _discussion_number(self, route: Route) -> int:
+        raw = route.args[0]
+        if not (raw.isascii() and raw.isdigit()) or len(route.args) > 2 or not 0 < int(raw) < 10**9:
+            raise BadRequest(400, "a discussion number must be a positive integer")
+        return int(raw)
+
+    def _discussion_summary(self, route: Route, record: dict) -> dict:
+        keys = ("num", "title", "status", "isPullRequest", "createdAt", "author")
+        return {**{key: record[key] for key in keys}, "repo": {"name": route.repo_id, "type": route.repo_type}}
+
+    def _discussion_json(self, route: Route, num: int) -> dict:
+        record = self.store.discussion(route.repo_type, route.repo_id, num)
+        data = {**self._discussion_summary(route, record), "events": record["events"]}
+        if record["isPullRequest"]:
+            data.update({"changes": record["changes"], "filesWithConflicts": [], "diff": ""})
+        return data
+
     def _resolve(self, route: Route, query: dict) -> None:
         filename = "/".join(unquote(part) for part in route.args[1:])
         commit = self.store.commit_at(route.repo_type, route.repo_id, route.revision)
@@ -686,6 +832,32 @@ class HubHandler(BaseHTTPRequestHandler):
             while self.command == "GET" and length > 0 and (chunk := blob.read(min(CHUNK_SIZE, length))):
                 self.wfile.write(chunk)
                 length -= len(chunk)
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, [""])[0].lower() in ("1", "true")
+
+
+def _matches(record: dict, query: dict[str, list[str]]) -> bool:
+    """Whether a discussion passes the `type` (discussion or pull_request), `status` and `author` filters."""
+    kind, status, author = (query.get(key, ["all"])[0] for key in ("type", "status", "author"))
+    is_pr = record["isPullRequest"]
+    return (
+        kind in ("all", "pull_request" if is_pr else "discussion")
+        and status in ("all", record["status"])
+        and author in ("all", record["author"]["name"])
+    )
+
+
+def _visibility(body: dict) -> bool | None:
+    """Whether `body` asks for a private repo: `visibility` ("public" or "private", sent by current clients) or
+    the older boolean `private`; None when it says neither."""
+    visibility = _field(body, "visibility", str)
+    if visibility is None:
+        return _field(body, "private", bool)
+    if visibility not in ("public", "private"):
+        raise BadRequest(400, "visibility must be 'public' or 'private'")
+    return visibility == "private"
 
 
 def _commit_line(line: bytes) -> dict:

@@ -7,11 +7,16 @@ Layout under `root`:
     tmp/                                 partial uploads (renamed into blobs/ once their hash is checked)
     repos/<type>s/<repo_id>/commits/<id>.json
     repos/<type>s/<repo_id>/refs/heads/<quoted branch>, refs/tags/<quoted tag>   (a commit id each)
+    repos/<type>s/<repo_id>/refs/prs/<N>                 the head of pull request N (`refs/pr/N` to clients)
+    repos/<type>s/<repo_id>/discussions/<N>.json         discussion or pull request N
+    repos/<type>s/<repo_id>/settings.json                `private` and `gated`
     repos/<type>s/<repo_id>/lock
 
 A commit writes its blobs and its commit object first and only then moves the ref with an atomic rename, under an
 exclusive `flock` on the repo's lock file, so a process killed mid-commit leaves the branch where it was and two
 writers never interleave (the second one sees a moved branch and gets a `ConflictError` if it named a parent).
+Settings, discussions and pull request refs are written the same way: a complete file renamed into place, under
+the lock.
 
 Every blob id, repository id, file path and ref name is checked against `validation` here too, not only by the
 server, so no caller can make the store read or write outside `root`.
@@ -23,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -39,6 +45,8 @@ CHUNK_SIZE = 1 << 20
 REPO_TYPES = ("model", "dataset")
 STORE_ID_FILE = "store-id"
 STALE_TMP_S = 3600.0
+PR_REF = re.compile(r"refs/pr/([1-9][0-9]{0,8})")
+DEFAULT_SETTINGS = {"private": False, "gated": False}
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 
 # Called after the blobs and the commit object are written and before the ref moves; tests set it to simulate a crash.
@@ -242,7 +250,7 @@ class Store:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def create_repo(self, repo_type: str, repo_id: str) -> str:
+    def create_repo(self, repo_type: str, repo_id: str, private: bool = False) -> str:
         """Create a repo whose `main` holds an initial commit with a `.gitattributes`; `ConflictError` if it exists."""
         folder = self.repo_dir(repo_type, repo_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -253,6 +261,7 @@ class Store:
             sha256, size = self.put_bytes(GITATTRIBUTES)
             entry = FileEntry(sha256, size, git_blob_id(size, [GITATTRIBUTES]))
             commit = self._write_commit(folder, [], "initial commit", "", {".gitattributes": entry})
+            self._atomic_write(folder / "settings.json", json.dumps({**DEFAULT_SETTINGS, "private": private}))
             staging = folder / "refs.tmp"
             shutil.rmtree(staging, ignore_errors=True)
             (staging / "heads").mkdir(parents=True)
@@ -260,6 +269,37 @@ class Store:
             (staging / "heads" / "main").write_text(commit.id)
             os.replace(staging, folder / "refs")
             return commit.id
+
+    def list_repos(self, repo_type: str) -> list[str]:
+        """The ids of every repository of `repo_type`, sorted."""
+        if repo_type not in REPO_TYPES:
+            raise RepoNotFoundError(f"unknown repository type {repo_type!r}")
+        top = self.root / "repos" / f"{repo_type}s"
+        if not top.is_dir():
+            return []
+        ids = []
+        for entry in top.iterdir():
+            if (entry / "refs").is_dir():
+                ids.append(entry.name)
+            elif entry.is_dir():
+                ids.extend(f"{entry.name}/{repo.name}" for repo in entry.iterdir() if (repo / "refs").is_dir())
+        return sorted(ids)
+
+    def settings(self, repo_type: str, repo_id: str) -> dict:
+        """`private` and `gated` of a repo (repos created before settings existed are public and not gated)."""
+        path = self._require_repo(repo_type, repo_id) / "settings.json"
+        return {**DEFAULT_SETTINGS, **(json.loads(path.read_text()) if path.is_file() else {})}
+
+    def is_private(self, repo_type: str, repo_id: str) -> bool:
+        return self.repo_exists(repo_type, repo_id) and bool(self.settings(repo_type, repo_id)["private"])
+
+    def update_settings(self, repo_type: str, repo_id: str, changes: dict) -> dict:
+        """Apply `changes` (keys of `DEFAULT_SETTINGS`, already checked) and return the new settings."""
+        folder = self._require_repo(repo_type, repo_id)
+        with self._locked(folder):
+            settings = {**self.settings(repo_type, repo_id), **changes}
+            self._atomic_write(folder / "settings.json", json.dumps(settings))
+            return settings
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
         """Move the repo out of `repos/` in one rename, then remove it; its blobs stay (they may be shared)."""
@@ -302,15 +342,27 @@ class Store:
         return refs
 
     def refs(self, repo_type: str, repo_id: str) -> dict[str, dict[str, str]]:
+        """Branches, tags and pull requests (as `refs/pr/N`), each name to its commit id."""
         folder = self._require_repo(repo_type, repo_id)
-        return {"branches": self._read_refs(folder, "heads"), "tags": self._read_refs(folder, "tags")}
+        prs = self._read_refs(folder, "prs") if (folder / "refs" / "prs").is_dir() else {}
+        pull_requests = {f"refs/pr/{num}": prs[num] for num in sorted(prs, key=int)}
+        return {
+            "branches": self._read_refs(folder, "heads"),
+            "tags": self._read_refs(folder, "tags"),
+            "prs": pull_requests,
+        }
+
+    def _branch_path(self, folder: Path, branch: str) -> Path:
+        """Where the head of `branch` is kept: `refs/heads/`, or `refs/prs/N` for the pull request `refs/pr/N`."""
+        if match := PR_REF.fullmatch(branch):
+            return folder / "refs" / "prs" / match.group(1)
+        return self._ref_path(folder, "heads", branch)
 
     def resolve(self, repo_type: str, repo_id: str, revision: str | None) -> str:
         """Commit id of a branch, tag or commit id (full), or `RevisionNotFoundError`."""
         folder = self._require_repo(repo_type, repo_id)
         revision = revision or "main"
-        for kind in ("heads", "tags"):
-            path = self._ref_path(folder, kind, revision)
+        for path in (self._branch_path(folder, revision), self._ref_path(folder, "tags", revision)):
             if path.is_file():
                 return path.read_text().strip()
         if COMMIT_ID.fullmatch(revision) and (folder / "commits" / f"{revision}.json").is_file():
@@ -366,30 +418,94 @@ class Store:
         message: str = "",
         parent_commit: str | None = None,
     ) -> str:
-        """Apply `operations` on top of `branch` and move it; the blobs of `add` operations must already be stored.
+        """Apply `operations` on top of `branch` (or pull request `refs/pr/N`) and move it; the blobs of `add`
+        operations must already be stored.
 
         Raises `StaleParentError` when `parent_commit` is given and is no longer the head of `branch`. Paths of
         deletions are not checked, so that a file stored under an unsafe path before these checks can be removed.
         """
+        folder = self._checked_repo(repo_type, repo_id, operations)
+        with self._locked(folder):
+            ref = self._branch_path(folder, branch)
+            head = self._head(ref, branch, repo_id)
+            if parent_commit is not None and parent_commit != head:
+                raise StaleParentError(f"parent commit {parent_commit} is not the head of {branch} ({head})")
+            pull_request = self._pull_request_of(folder, branch)
+            if pull_request is not None and pull_request["status"] != "open":
+                raise ConflictError(f"pull request {branch} is {pull_request['status']}")
+            commit_id = self._commit_and_move(folder, repo_type, repo_id, ref, head, operations, title, message)
+            if pull_request is not None:
+                self._add_event(folder, pull_request, "commit", {"subject": title, "oid": commit_id})
+            return commit_id
+
+    def create_pull_request(
+        self,
+        repo_type: str,
+        repo_id: str,
+        base: str,
+        operations: list[Operation],
+        title: str,
+        message: str = "",
+        parent_commit: str | None = None,
+        author: str = "",
+    ) -> tuple[str, int]:
+        """Open pull request N against branch `base`, starting at its head (or at `parent_commit`), with one commit
+        of `operations` on `refs/pr/N`; returns (commit id, N)."""
+        folder = self._checked_repo(repo_type, repo_id, operations)
+        with self._locked(folder):
+            start = self._pr_start(repo_type, repo_id, folder, base, parent_commit)
+            num = self._next_discussion_number(folder)
+            ref = folder / "refs" / "prs" / str(num)
+            ref.parent.mkdir(exist_ok=True)
+            commit_id = self._commit_and_move(folder, repo_type, repo_id, ref, start, operations, title, message)
+            record = self._new_discussion(num, title, message, author, base, start)
+            record["events"].append(_event("commit", author, {"subject": title, "oid": commit_id}))
+            self._write_discussion(folder, record)
+            return commit_id, num
+
+    def _checked_repo(self, repo_type: str, repo_id: str, operations: list[Operation]) -> Path:
         folder = self._require_repo(repo_type, repo_id)
         for op in operations:
             if op.kind == "add":
                 check_path(op.path)
                 if not self.has_blob(op.sha256):
                     raise StoreError(f"content of {op.path} ({op.sha256}) was not uploaded")
+        return folder
+
+    def _head(self, ref: Path, branch: str, repo_id: str) -> str:
+        if not ref.is_file():
+            raise RevisionNotFoundError(f"branch {branch} not found in {repo_id}")
+        return ref.read_text().strip()
+
+    def _commit_and_move(
+        self,
+        folder: Path,
+        repo_type: str,
+        repo_id: str,
+        ref: Path,
+        head: str,
+        operations: list[Operation],
+        title: str,
+        message: str,
+    ) -> str:
+        tree = dict(self.commit(repo_type, repo_id, head).tree)
+        for op in operations:
+            self._apply(tree, op)
+        commit = self._write_commit(folder, [head], title, message, tree)
+        if before_ref_update is not None:
+            before_ref_update(repo_id, commit.id)
+        self._atomic_write(ref, commit.id)
+        return commit.id
+
+    def squash_history(self, repo_type: str, repo_id: str, branch: str, title: str) -> str:
+        """Replace the history of `branch` by one parentless commit holding its current files."""
+        folder = self._require_repo(repo_type, repo_id)
         with self._locked(folder):
-            ref = self._ref_path(folder, "heads", branch)
-            if not ref.is_file():
-                raise RevisionNotFoundError(f"branch {branch} not found in {repo_id}")
-            head = ref.read_text().strip()
-            if parent_commit is not None and parent_commit != head:
-                raise StaleParentError(f"parent commit {parent_commit} is not the head of {branch} ({head})")
-            tree = dict(self.commit(repo_type, repo_id, head).tree)
-            for op in operations:
-                self._apply(tree, op)
-            commit = self._write_commit(folder, [head], title, message, tree)
-            if before_ref_update is not None:
-                before_ref_update(repo_id, commit.id)
+            ref = self._branch_path(folder, branch)
+            if not ref.is_file() and self._ref_path(folder, "tags", branch).is_file():
+                raise StoreError(f"{branch} is a tag: only a branch's history can be squashed")
+            head = self.commit(repo_type, repo_id, self._head(ref, branch, repo_id))
+            commit = self._write_commit(folder, [], title, "", head.tree)
             self._atomic_write(ref, commit.id)
             return commit.id
 
@@ -398,7 +514,7 @@ class Store:
         if op.kind == "add":
             size = self.blob_path(op.sha256).stat().st_size
             entry = FileEntry(op.sha256, size, "", op.lfs)
-            entry.oid = git_blob_id(len(entry.pointer), [entry.pointer]) if op.lfs else self._git_oid(op.sha256)
+            entry.oid = git_blob_id(len(entry.pointer), [entry.pointer]) if op.lfs else self.content_git_oid(op.sha256)
             tree[path] = entry
         elif op.kind == "delete":
             if path not in tree:
@@ -410,5 +526,145 @@ class Store:
         else:
             raise StoreError(f"unknown operation {op.kind}")
 
-    def _git_oid(self, sha256: str) -> str:
+    def content_git_oid(self, sha256: str) -> str:
+        """The git blob id of a blob's content (for a file kept by LFS, git's own id is the pointer's)."""
         return git_blob_id(self.blob_path(sha256).stat().st_size, self.iter_blob(sha256))
+
+    # Discussions and pull requests -----------------------------------------------------------------------------
+    def create_discussion(
+        self, repo_type: str, repo_id: str, title: str, description: str, author: str, pull_request: bool
+    ) -> int:
+        """Open a discussion, or a pull request against `main` whose `refs/pr/N` starts at its head; returns N."""
+        folder = self._require_repo(repo_type, repo_id)
+        with self._locked(folder):
+            num = self._next_discussion_number(folder)
+            base = start = None
+            if pull_request:
+                base, start = "main", self._pr_start(repo_type, repo_id, folder, "main", None)
+                ref = folder / "refs" / "prs" / str(num)
+                ref.parent.mkdir(exist_ok=True)
+                self._atomic_write(ref, start)
+            self._write_discussion(folder, self._new_discussion(num, title, description, author, base, start))
+            return num
+
+    def discussions(self, repo_type: str, repo_id: str) -> list[dict]:
+        """Every discussion and pull request of a repo, newest first."""
+        folder = self._require_repo(repo_type, repo_id) / "discussions"
+        if not folder.is_dir():
+            return []
+        records = [json.loads(path.read_text()) for path in folder.glob("*.json")]
+        return sorted(records, key=lambda record: -record["num"])
+
+    def discussion(self, repo_type: str, repo_id: str, num: int) -> dict:
+        path = self._require_repo(repo_type, repo_id) / "discussions" / f"{int(num)}.json"
+        if not path.is_file():
+            raise EntryNotFoundError(f"discussion {num} not found in {repo_id}")
+        return json.loads(path.read_text())
+
+    def comment_discussion(self, repo_type: str, repo_id: str, num: int, text: str, author: str) -> dict:
+        """Add a comment; returns its event."""
+        folder = self._require_repo(repo_type, repo_id)
+        with self._locked(folder):
+            record = self.discussion(repo_type, repo_id, num)
+            return self._add_event(folder, record, "comment", _comment(text), author)
+
+    def set_discussion_status(
+        self, repo_type: str, repo_id: str, num: int, status: str, author: str, comment: str = ""
+    ) -> dict:
+        """Close or reopen a discussion or pull request (a merged one stays merged); returns the status event."""
+        folder = self._require_repo(repo_type, repo_id)
+        with self._locked(folder):
+            record = self.discussion(repo_type, repo_id, num)
+            if record["status"] == "merged":
+                raise StoreError(f"pull request {num} is merged")
+            if comment:
+                self._add_event(folder, record, "comment", _comment(comment), author)
+            record["status"] = status
+            return self._add_event(folder, record, "status-change", {"status": status}, author)
+
+    def merge_pull_request(self, repo_type: str, repo_id: str, num: int, author: str, comment: str = "") -> str:
+        """Merge pull request N into its base branch with a merge commit; `ConflictError` names the files changed
+        both by the pull request and on the base branch since the pull request started."""
+        folder = self._require_repo(repo_type, repo_id)
+        with self._locked(folder):
+            record = self.discussion(repo_type, repo_id, num)
+            if not record["isPullRequest"] or record["status"] != "open":
+                raise StoreError(f"discussion {num} is not an open pull request")
+            base = record["changes"]["base"]
+            base_ref = self._branch_path(folder, base)
+            base_head = self.commit(repo_type, repo_id, self._head(base_ref, base, repo_id))
+            start = self.commit(repo_type, repo_id, record["startCommit"])
+            pr_head = self.commit(repo_type, repo_id, self._head(folder / "refs" / "prs" / str(num), "PR", repo_id))
+            tree = _merged_tree(start.tree, pr_head.tree, base_head.tree)
+            title = f"Merge refs/pr/{num} into {base}"
+            commit = self._write_commit(folder, [base_head.id, pr_head.id], title, comment, tree)
+            self._atomic_write(base_ref, commit.id)
+            record["status"] = "merged"
+            record["changes"]["mergeCommitId"] = commit.id
+            self._add_event(folder, record, "status-change", {"status": "merged"}, author)
+            return commit.id
+
+    def _pull_request_of(self, folder: Path, branch: str) -> dict | None:
+        match = PR_REF.fullmatch(branch)
+        path = folder / "discussions" / f"{match.group(1)}.json" if match else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+    def _pr_start(self, repo_type: str, repo_id: str, folder: Path, base: str, parent_commit: str | None) -> str:
+        head = self._head(self._ref_path(folder, "heads", base), base, repo_id)
+        return self.resolve(repo_type, repo_id, parent_commit) if parent_commit else head
+
+    def _next_discussion_number(self, folder: Path) -> int:
+        """One more than any discussion or pull request ref so far (a ref may outlive a crash before its record)."""
+        used = [path.stem for path in (folder / "discussions").glob("*.json")]
+        used += [path.name for path in (folder / "refs" / "prs").glob("*")]
+        return max((int(name) for name in used if name.isdigit()), default=0) + 1
+
+    def _new_discussion(
+        self, num: int, title: str, description: str, author: str, base: str | None, start: str | None
+    ) -> dict:
+        record = {
+            "num": num,
+            "title": title,
+            "status": "open",
+            "isPullRequest": base is not None,
+            "createdAt": _now(),
+            "author": {"name": author},
+            "events": [_event("comment", author, _comment(description))],
+        }
+        if base is not None:
+            record.update({"changes": {"base": base}, "startCommit": start})
+        return record
+
+    def _write_discussion(self, folder: Path, record: dict) -> None:
+        (folder / "discussions").mkdir(exist_ok=True)
+        self._atomic_write(folder / "discussions" / f"{record['num']}.json", json.dumps(record))
+
+    def _add_event(self, folder: Path, record: dict, kind: str, data: dict, author: str = "") -> dict:
+        event = _event(kind, author or record["author"]["name"], data)
+        record["events"].append(event)
+        self._write_discussion(folder, record)
+        return event
+
+
+def _event(kind: str, author: str, data: dict) -> dict:
+    return {"id": secrets.token_hex(12), "type": kind, "createdAt": _now(), "author": {"name": author}, "data": data}
+
+
+def _comment(text: str) -> dict:
+    return {"edited": False, "hidden": False, "latest": {"raw": text}}
+
+
+def _merged_tree(start: dict, theirs: dict, ours: dict) -> dict:
+    """`ours` with the changes from `start` to `theirs` applied; a path changed on both sides differently is a
+    conflict."""
+    changed = {path for path in start.keys() | theirs.keys() if start.get(path) != theirs.get(path)}
+    conflicts = sorted(p for p in changed if ours.get(p) != start.get(p) and ours.get(p) != theirs.get(p))
+    if conflicts:
+        raise ConflictError(f"conflicting files: {', '.join(conflicts[:20])}")
+    merged = dict(ours)
+    for path in changed:
+        if path in theirs:
+            merged[path] = theirs[path]
+        else:
+            merged.pop(path, None)
+    return merged

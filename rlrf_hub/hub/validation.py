@@ -46,7 +46,11 @@ def check_repo_id(repo_id: object) -> str:
     without `--` or `..`, and not ending in `.git`."""
     valid = isinstance(repo_id, str) and REPO_ID.fullmatch(repo_id)
     if not valid or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
-        raise InvalidInputError(f"invalid repository id {_shown(repo_id)}")
+        raise InvalidInputError(
+            f"invalid repository id {_shown(repo_id)}: expected 'name' or 'namespace/name', each 1 to 96 letters,"
+            " digits, '_', '.' or '-', starting and ending with a letter, digit or '_', without '--' or '..', and"
+            " not ending in '.git'"
+        )
     return repo_id
 
 
@@ -80,11 +84,12 @@ def _path_problem(path: object) -> str:
 
 def check_ref_name(name: object) -> str:
     """A branch or tag name, by git's rules (no `..`, `//`, `@{`, space, control or `~^:?*[\\` characters, no
-    segment starting with `.`, no trailing `/`, `.` or `.lock`), short enough to be one file name when quoted."""
+    segment starting with `.`, no trailing `/`, `.` or `.lock`), short enough to be one file name when quoted, and
+    not under `refs/`, which names pull requests (`refs/pr/N`) and git's own refs."""
     valid = (
         isinstance(name, str)
         and name not in ("", "@")
-        and not name.startswith("/")
+        and not name.startswith(("/", "refs/"))
         and not name.endswith(("/", ".", ".lock"))
         and not _BAD_REF.search(name)
         and not any(segment.startswith(".") for segment in name.split("/"))
