@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 DESCRIPTION = """RLRF (reinforcement learning from reflective feedback) on the Hugging Face stack.
@@ -12,33 +13,55 @@ DESCRIPTION = """RLRF (reinforcement learning from reflective feedback) on the H
 A policy samples candidates, a feedback model rates them aspect by aspect, the best candidate is refined
 with its feedback, preference pairs train a LoRA adapter with DPO, and the loop repeats M0 -> M1 -> M2."""
 
-RUN_HELP = """Run a recipe end to end: rlrf-hub run --config RECIPE.yaml [--key value ...]
+RUN_HELP = """Run a recipe end to end: rlrf-hub run --config RECIPE.yaml [--key value ...] [--debug]
 
 Every recipe key is also a flag that overrides the YAML, e.g. --output_dir DIR --seed 3.
 Stages are written under <output_dir>/iter-<t>/<stage>/ (load them with datasets.load_dataset(folder,
-split="train")) and adapters under <output_dir>/adapters/M<t>/. Re-running the same command resumes."""
+split="train")) and adapters under <output_dir>/adapters/M<t>/. Re-running the same command resumes.
+
+One run at a time per output_dir: a second one stops at once naming the first one's pid (--wait_for_lock waits
+instead). The models, endpoints and Hub a recipe names are checked before the first stage. An expected failure is
+one line, `rlrf-hub run: error: <field or file>: <what> (<what to do>)`, with exit status 2; --debug (given without
+a value) adds the traceback."""
+
+
+def _take_debug_flag(rest: list[str]) -> bool:
+    """Remove a bare `--debug` from `rest`; `--debug VALUE` is left to the trainer's own `debug` setting."""
+    for i, word in enumerate(rest):
+        if word == "--debug" and (i + 1 == len(rest) or rest[i + 1].startswith("--")):
+            del rest[i]
+            return True
+    return False
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .backends.endpoint import EndpointUnavailableError
+    from .config import RecipeError
+    from .errors import RunError
+
+    return RecipeError, RunError, EndpointUnavailableError
 
 
 def _run(args: argparse.Namespace, rest: list[str]) -> int:
-    from .config import RecipeError, make_parser, parse_recipe
+    from .config import make_parser, parse_recipe
 
     if not rest or {"-h", "--help"} & set(rest):
         print(RUN_HELP + "\n")
         make_parser().print_help()
         return 0 if rest else 2
+    debug = _take_debug_flag(rest)
     try:
         recipe = parse_recipe(rest)
-    except RecipeError as err:
-        print(f"rlrf-hub run: error: {err}", file=sys.stderr)
+        from .loop import run
+
+        summaries = run(recipe)
+    except _expected_errors() as err:
+        if debug:
+            traceback.print_exc()
+        print(f"rlrf-hub run: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    from .loop import RunError, run
     from .report import print_summary
 
-    try:
-        summaries = run(recipe)
-    except (RecipeError, RunError) as err:
-        print(f"rlrf-hub run: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, RecipeError) else 1
     print_summary(summaries, title=f"RLRF run {recipe.run_name}")
     print(f"results: {recipe.output_dir.resolve()}")
     return 0
@@ -78,9 +101,14 @@ def _lineage(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
-    from .hub.server import run_forever
+    from .hub.server import DEFAULT_MAX_UPLOAD_BYTES, resolve_token, run_forever
 
-    run_forever(args.root, args.host, args.port, args.token)
+    try:
+        token = resolve_token(args.token, args.token_file)
+    except (OSError, ValueError) as err:
+        print(f"rlrf-hub hub serve: error: {err}", file=sys.stderr)
+        return 2
+    run_forever(args.root, args.host, args.port, token, args.max_upload_bytes or DEFAULT_MAX_UPLOAD_BYTES)
     return 0
 
 
@@ -117,7 +145,16 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port (default: 0, a free one; the URL is printed)")
-    serve.add_argument("--token", default=None, help="require `Authorization: Bearer TOKEN` for writes")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="require `Authorization: Bearer TOKEN` for writes; other users see it in `ps`, so prefer "
+        "$RLRF_HUB_TOKEN or --token-file",
+    )
+    serve.add_argument("--token-file", default=None, help="read the write token from this file")
+    serve.add_argument(
+        "--max-upload-bytes", type=int, default=None, help="largest LFS file or commit body accepted (default: 50 GiB)"
+    )
     serve.set_defaults(handler=_hub_serve)
     from .evaluation import cli as evaluate_cli
     from .evaluation import report_cmd
