@@ -92,6 +92,7 @@ def _parquet(path: Path, rows: int = 400_000) -> None:
         ("bytes=0-1,5-6", None),
         ("items=0-1", None),
         ("bytes=-", None),
+        ("bytes=" + "9" * 5000 + "-", None),
     ],
 )
 def test_range_header_parsing(header, expected):
@@ -313,6 +314,14 @@ def test_branch_names_under_refs_are_refused(hub):
         hub.api.create_branch("talk/refs", branch="refs/pr/1")
 
 
+@pytest.mark.parametrize("num", ["0", "-1", "abc", "9" * 5000, "1/2/3"])
+def test_discussion_numbers_must_be_positive_integers(hub, blob_repo, num):
+    status, headers, _ = _call(hub.url, "GET", f"/api/models/ranges/blob/discussions/{num}")
+    assert status in (400, 404) and headers["x-error-code"]
+    status, _, _ = _call(hub.url, "POST", f"/api/models/ranges/blob/discussions/{num}/comment", {"comment": "x"}, AUTH)
+    assert status in (400, 404)
+
+
 # Settings and private repos ----------------------------------------------------------------------------------------
 def test_private_repos_are_hidden_from_anonymous_readers(hub, tmp_path):
     api, anonymous = hub.api, HfApi(endpoint=hub.url, token=False)
@@ -434,6 +443,7 @@ def test_list_models_and_datasets_by_author_and_search(hub):
         ("GET", "/ranges/blob/resolve/no-branch/data.bin"),
         ("GET", "/api/models/ranges/blob/discussions/99"),
         ("POST", "/api/models/ranges/blob/discussions/1/dance"),
+        ("GET", "/api/models/ranges/blob/discussions/1/events"),
     ],
 )
 def test_every_404_names_its_error_code(hub, blob_repo, method, path):

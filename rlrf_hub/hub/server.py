@@ -743,6 +743,9 @@ class HubHandler(BaseHTTPRequestHandler):
         }
 
     def _get_discussions(self, route: Route, query: dict) -> None:
+        """`GET .../discussions` lists them, 50 a page (`p`); `.../discussions/N` shows one with its events."""
+        if len(route.args) > 1:
+            return self._error(404, "no such discussion resource", "NotFound")
         if route.args:
             return self._json(self._discussion_json(route, self._discussion_number(route)))
         records = [
@@ -757,15 +760,7 @@ class HubHandler(BaseHTTPRequestHandler):
         """`POST .../discussions` opens one; `.../discussions/N/{comment,status,merge}` changes it."""
         body = self._json_object()
         if not route.args:
-            title = _field(body, "title", str, required=True).strip()
-            if not title:
-                raise BadRequest(400, "a discussion needs a title")
-            description = _field(body, "description", str) or ""
-            pull_request = bool(_field(body, "pullRequest", bool))
-            num = self.store.create_discussion(route.repo_type, route.repo_id, title, description, USER, pull_request)
-            return self._json(
-                {"num": num, "url": f"{self._repo_url(route.repo_type, route.repo_id)}/discussions/{num}"}
-            )
+            return self._open_discussion(route, body)
         num = self._discussion_number(route)
         action = route.args[1] if len(route.args) == 2 else ""
         repo = (route.repo_type, route.repo_id)
@@ -783,9 +778,18 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._json({})
         self._error(404, f"no discussion action {action[:40]!r}", "NotFound")
 
+    def _open_discussion(self, route: Route, body: dict) -> None:
+        title = _field(body, "title", str, required=True).strip()
+        if not title:
+            raise BadRequest(400, "a discussion needs a title")
+        description = _field(body, "description", str) or ""
+        pull_request = bool(_field(body, "pullRequest", bool))
+        num = self.store.create_discussion(route.repo_type, route.repo_id, title, description, USER, pull_request)
+        self._json({"num": num, "url": f"{self._repo_url(route.repo_type, route.repo_id)}/discussions/{num}"})
+
     def _discussion_number(self, route: Route) -> int:
         raw = route.args[0]
-        if not (raw.isascii() and raw.isdigit()) or len(route.args) > 2 or not 0 < int(raw) < 10**9:
+        if len(route.args) > 2 or not (raw.isascii() and raw.isdigit() and len(raw) <= 9 and int(raw) > 0):
             raise BadRequest(400, "a discussion number must be a positive integer")
         return int(raw)
 
