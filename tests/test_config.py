@@ -135,14 +135,20 @@ def test_model_prepare_prints_the_folder_last(capsys, tiny_model):
     assert AutoTokenizer.from_pretrained(folder).chat_template
 
 
+SMOKE_RUN_ELSEWHERE = ("smoke.yaml", "rlrf-gsm8k.yaml", "rlrf-gsm8k-reward-only.yaml")
+
+
 @pytest.mark.parametrize(
-    "recipe", [p for p in LOOP_RECIPES if p.name != "smoke.yaml"], ids=lambda p: f"{p.parent.name}/{p.name}"
+    "recipe",
+    [p for p in LOOP_RECIPES if p.name not in SMOKE_RUN_ELSEWHERE],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_shipped_recipes_smoke_run_on_the_tiny_model(recipe, monkeypatch, tmp_path, tiny_model):
     """Each shipped loop recipe runs one iteration with its own prompts and settings on the tiny model.
 
     `smoke.yaml` is run whole on the real model by tests/test_smoke_recipe.py: its 4 prompts give the random
-    tiny judge too few chances to rate a response positive.
+    tiny judge too few chances to rate a response positive. The GSM8K experiment and its reward-only baseline are
+    smoke-run by tests/test_recipes.py, the baseline after training the reward model it names.
     """
     monkeypatch.chdir(REPO)
     overrides = {
