@@ -44,7 +44,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_workers: int = MAX_WORKERS):
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_workers: int = MAX_WORKERS
+    ):
         self._slots = threading.BoundedSemaphore(max_workers)
         super().__init__(address, handler)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -102,3 +103,30 @@ def tiny_recipe(data: Path, output_dir: Path, **overrides) -> dict:
     }
     recipe.update(overrides)
     return recipe
+
+
+@contextlib.contextmanager
+def hf_clients(caches: Path, url: str | None = None):
+    """This process's `huggingface_hub` and `datasets` clients with empty caches under `caches`, pointed at the Hub
+    `url` when given (`configure_clients`); everything they change is restored on exit. Yields the MonkeyPatch."""
+    import datasets
+    from huggingface_hub import constants, hf_api
+
+    from rlrf_hub.hub.server import configure_clients
+
+    hub_cache, datasets_cache = caches / "hub", caches / "datasets"
+    datasets_cache.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS"):
+            patch.setattr(constants, name, getattr(constants, name))
+        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
+        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
+        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET"):
+            patch.setenv(name, os.environ.get(name, ""))
+        patch.setenv("HF_HUB_CACHE", str(hub_cache))
+        patch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
+        patch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)
+        if url is not None:
+            configure_clients(url)
+        yield patch

@@ -7,10 +7,10 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 import json
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 import yaml
+from conftest import hf_clients
 from huggingface_hub import HfApi, ModelCard, hf_hub_download, parse_eval_result_entries
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
@@ -29,7 +29,7 @@ from rlrf_hub.evaluation.card_results import (
 )
 from rlrf_hub.evaluation.results import EvaluationReport, TaskResult
 from rlrf_hub.hub.publisher import HubPublisher
-from rlrf_hub.hub.server import configure_clients, serve
+from rlrf_hub.hub.server import serve
 from rlrf_hub.publishing import FolderPublisher
 
 TOKEN = "hf_test_secret_token_0123456789"
@@ -40,20 +40,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """One offline Hub for the module; this process's HF clients point at it, with caches in temporary folders."""
-    from huggingface_hub import constants, hf_api
-
     server, url = serve(tmp_path_factory.mktemp("hub-root"))
-    hub_cache = tmp_path_factory.mktemp("hf-hub-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS", "HF_HUB_CACHE"):
-            patch.setattr(constants, name, getattr(constants, name))
-        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_CACHE"):
-            patch.setenv(name, os.environ.get(name, ""))
-        configure_clients(url)
-        patch.setenv("HF_HUB_CACHE", str(hub_cache))
-        constants.HF_HUB_CACHE = str(hub_cache)
+    with hf_clients(tmp_path_factory.mktemp("hf-caches"), url):
         yield url
     server.shutdown()
     server.server_close()

@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import hf_clients
 from huggingface_hub import CommitOperationAdd, HfApi, HfFileSystem, hf_hub_download
 from huggingface_hub.errors import BadRequestError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from rlrf_hub.hub.ranges import RangeNotSatisfiable, parse_range
-from rlrf_hub.hub.server import configure_clients, serve
+from rlrf_hub.hub.server import serve
 
 TOKEN = "clients-write-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,24 +34,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """A token-protected server; this module's clients hold the token through `HF_TOKEN`, like a logged-in user."""
-    from huggingface_hub import constants, hf_api
-
     root = tmp_path_factory.mktemp("clients-root")
     server, url = serve(root, token=TOKEN)
-    hub_cache, datasets_cache = tmp_path_factory.mktemp("hf-hub-cache"), tmp_path_factory.mktemp("hf-datasets-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS"):
-            patch.setattr(constants, name, getattr(constants, name))
-        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET"):
-            patch.setenv(name, os.environ.get(name, ""))
-        configure_clients(url)
+    with hf_clients(tmp_path_factory.mktemp("hf-caches"), url) as patch:
         patch.setenv("HF_TOKEN", TOKEN)
-        patch.setenv("HF_HUB_CACHE", str(hub_cache))
-        patch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
-        patch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)
         yield SimpleNamespace(url=url, root=root, api=HfApi(endpoint=url, token=TOKEN), server=server)
     server.shutdown()
     server.server_close()

@@ -8,13 +8,13 @@ import json
 import subprocess
 import sys
 
-import datasets
 import pytest
 import torch
+from conftest import hf_clients
 from huggingface_hub import DatasetCard, HfApi, ModelCard, hf_hub_download
 
 from rlrf_hub.hub.publisher import HubPublisher, PublishConflictError
-from rlrf_hub.hub.server import configure_clients, serve
+from rlrf_hub.hub.server import serve
 from rlrf_hub.ids import prompt_id, response_id
 from rlrf_hub.publishing import Published
 
@@ -24,22 +24,8 @@ TOKEN = "hf_test_secret_token_0123456789"
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """One server for the module; client caches in empty temporary folders."""
-    from huggingface_hub import constants, hf_api
-
     server, url = serve(tmp_path_factory.mktemp("hub-root"))
-    hub_cache, datasets_cache = tmp_path_factory.mktemp("hf-hub-cache"), tmp_path_factory.mktemp("hf-datasets-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS", "HF_HUB_CACHE"):
-            patch.setattr(constants, name, getattr(constants, name))
-        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)
-        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
-            patch.setenv(name, os.environ.get(name, ""))
-        configure_clients(url)
-        patch.setenv("HF_HUB_CACHE", str(hub_cache))
-        patch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
-        constants.HF_HUB_CACHE = str(hub_cache)
+    with hf_clients(tmp_path_factory.mktemp("hf-caches"), url):
         yield url
     server.shutdown()
     server.server_close()

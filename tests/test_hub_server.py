@@ -16,6 +16,7 @@ import datasets
 import pytest
 import requests
 import torch
+from conftest import hf_clients
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -31,29 +32,15 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from rlrf_hub.hub.server import configure_clients, serve
+from rlrf_hub.hub.server import serve
 from rlrf_hub.hub.store import Store, StoreError
 
 
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory):
     """One server for the session; the clients' caches point at empty temporary folders."""
-    from huggingface_hub import constants, hf_api
-
     server, url = serve(tmp_path_factory.mktemp("hub-root"))
-    hub_cache, datasets_cache = tmp_path_factory.mktemp("hf-hub-cache"), tmp_path_factory.mktemp("hf-datasets-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS"):
-            patch.setattr(constants, name, getattr(constants, name))
-        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET"):
-            patch.setenv(name, os.environ.get(name, ""))
-        configure_clients(url)
-        patch.setenv("HF_HUB_CACHE", str(hub_cache))
-        patch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
-        patch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)
+    with hf_clients(tmp_path_factory.mktemp("hf-caches"), url):
         yield url
     server.shutdown()
     server.server_close()

@@ -25,7 +25,7 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, hf_clients
 
 RECIPES = REPO / "recipes"
 PAPER = RECIPES / "llama-2-13b-chat"
@@ -321,26 +321,10 @@ def push_stand_in(repo_id: str, push: dict, rows: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, data_dir):
     """An offline Hub holding the stand-ins, with this process's HF clients pointed at it (restored afterwards)."""
-    from huggingface_hub import constants, hf_api
-
-    from rlrf_hub.hub.server import configure_clients, serve
+    from rlrf_hub.hub.server import serve
 
     server, url = serve(tmp_path_factory.mktemp("hub-root"))
-    caches = tmp_path_factory.mktemp("hf-caches")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS", "HF_HUB_CACHE"):
-            patch.setattr(constants, name, getattr(constants, name))
-        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets.config.HF_DATASETS_CACHE)
-        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
-            patch.setenv(name, os.environ.get(name, ""))
-        configure_clients(url)
-        patch.setenv("HF_HUB_CACHE", str(caches / "hub"))
-        patch.setenv("HF_DATASETS_CACHE", str(caches / "datasets"))
-        patch.setattr(constants, "HF_HUB_CACHE", str(caches / "hub"))
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", caches / "datasets")
-        (caches / "datasets").mkdir()
+    with hf_clients(tmp_path_factory.mktemp("hf-caches"), url):
         for repo_id, push, rows in stand_ins(data_dir):
             push_stand_in(repo_id, dict(push), rows)
         yield url

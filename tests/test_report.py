@@ -4,18 +4,17 @@ import os
 
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 
-import contextlib
 import json
 from pathlib import Path
 
-import datasets
 import pytest
+from conftest import hf_clients
 
 from rlrf_hub.cli import main
 from rlrf_hub.evaluation.card_results import publish_evaluation
 from rlrf_hub.evaluation.results import EvaluationReport, TaskResult
 from rlrf_hub.hub.publisher import HubPublisher
-from rlrf_hub.hub.server import configure_clients, serve
+from rlrf_hub.hub.server import serve
 from rlrf_hub.publishing import FolderPublisher
 
 JUDGE = "judge-org/judge-7b@0123abc"
@@ -23,28 +22,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("results.png", "just_eval.png", "factscore.png", "gsm8k.png")
 
 
-@contextlib.contextmanager
-def hf_clients(cache: Path):
-    """Restore on exit what `configure_clients` changes in this process; downloads go to `cache`."""
-    from huggingface_hub import constants, hf_api
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS", "HF_HUB_CACHE"):
-            patch.setattr(constants, name, getattr(constants, name))
-        patch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-        patch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-        for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET", "HF_HUB_CACHE"):
-            patch.setenv(name, os.environ.get(name, ""))
-        patch.setenv("HF_HUB_CACHE", str(cache))
-        constants.HF_HUB_CACHE = str(cache)
-        yield patch
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     server, url = serve(tmp_path_factory.mktemp("hub-root"))
-    with hf_clients(tmp_path_factory.mktemp("hf-hub-cache")):
-        configure_clients(url)
+    with hf_clients(tmp_path_factory.mktemp("hf-caches"), url):
         yield url
     server.shutdown()
     server.server_close()

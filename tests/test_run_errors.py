@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import tiny_recipe, write_recipe
+from conftest import hf_clients, tiny_recipe, write_recipe
 from huggingface_hub import HfApi
 
 from rlrf_hub.cli import main
@@ -147,7 +147,7 @@ def test_a_judge_endpoint_that_refuses_connections(tmp_path, data_dir, capsys, t
     assert message.endswith("(start the server, or fix the URL)")
 
 
-def test_a_hub_that_refuses_connections(tmp_path, data_dir, capsys, hf_clients):
+def test_a_hub_that_refuses_connections(tmp_path, data_dir, capsys, hub_clients):
     url = _closed_port_url()
     values = tiny_recipe(data_dir, tmp_path / "out", hub_endpoint=url, hub_namespace="team", hub_max_retries=1)
     message = _fails(tmp_path, capsys, values)
@@ -221,20 +221,13 @@ class FailingProxy:
 
 
 @pytest.fixture
-def hf_clients(monkeypatch):
+def hub_clients(tmp_path):
     """The HF clients' process-wide endpoint, restored after the test (a Hub publisher points them at its Hub)."""
-    import datasets
-    from huggingface_hub import constants, hf_api
-
-    for name in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_DISABLE_XET", "HF_URL_HOSTS"):
-        monkeypatch.setattr(constants, name, getattr(constants, name))
-    monkeypatch.setattr(hf_api.api, "endpoint", hf_api.api.endpoint)
-    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
-    for name in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET"):
-        monkeypatch.setenv(name, "")
+    with hf_clients(tmp_path / "hf-caches"):
+        yield
 
 
-def test_a_hub_answering_500_now_and_then_is_retried_to_the_end(tmp_path, data_dir, tiny_model, capsys, hf_clients):
+def test_a_hub_answering_500_now_and_then_is_retried_to_the_end(tmp_path, data_dir, tiny_model, capsys, hub_clients):
     server, upstream = serve(tmp_path / "store")
     commits = {"seen": 0}
 
