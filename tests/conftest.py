@@ -130,3 +130,24 @@ def hf_clients(caches: Path, url: str | None = None):
         if url is not None:
             configure_clients(url)
         yield patch
+
+
+class Crash(RuntimeError):
+    """Fault injection: a machine lost in the middle of a stage."""
+
+
+def crash_generate_on_call(monkeypatch, n: int) -> dict[str, int]:
+    """Make the in-process backend's `n`-th `generate` call raise `Crash` (the earlier ones run normally). Returns
+    the call counter, which a test may reset."""
+    from rlrf_hub.backends.transformers_backend import TransformersBackend
+
+    original, calls = TransformersBackend.generate, {"n": 0}
+
+    def crashing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash(f"lost at generate call {n}")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersBackend, "generate", crashing)
+    return calls

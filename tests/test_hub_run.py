@@ -10,7 +10,7 @@ import sys
 
 import datasets
 import pytest
-from conftest import tiny_recipe, write_recipe
+from conftest import Crash, crash_generate_on_call, tiny_recipe, write_recipe
 from huggingface_hub import HfApi, constants, hf_api, metadata_load
 
 from rlrf_hub.cli import main
@@ -106,10 +106,6 @@ def test_default_offline_hub_then_resume_on_a_fresh_machine_by_content_key(
         proc.wait(10)
 
 
-class _Crash(RuntimeError):
-    pass
-
-
 def test_an_interrupted_stage_continues_on_another_machine_from_its_pushed_parts(
     tmp_path, data_dir, tiny_model, machine, monkeypatch
 ):
@@ -125,16 +121,8 @@ def test_an_interrupted_stage_continues_on_another_machine_from_its_pushed_parts
             "num_iterations": 1,
         }
         original = TransformersBackend.generate
-        calls = {"n": 0}
-
-        def crash_on_third_call(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise _Crash("machine lost")
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(TransformersBackend, "generate", crash_on_third_call)
-        with pytest.raises(_Crash):
+        calls = crash_generate_on_call(monkeypatch, 3)
+        with pytest.raises(Crash):
             run(_recipe(tmp_path, data_dir, "crashed", **settings))
         api = HfApi(endpoint=url)
         branches = [b.name for b in api.list_repo_refs("team/tiny-candidates", repo_type="dataset").branches]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_recipe, write_recipe
+from conftest import Crash, crash_generate_on_call, tiny_recipe, write_recipe
 from datasets import load_dataset
 
 from rlrf_hub.cli import main
@@ -102,10 +102,6 @@ def test_rerunning_a_finished_run_recomputes_nothing(finished_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == stamps
 
 
-class _Crash(RuntimeError):
-    pass
-
-
 def test_a_crashed_run_resumes_without_duplicates(tmp_path, data_dir, tiny_model, monkeypatch):
     """Fault injection: the backend dies on its third call; the rerun continues from the checkpoint."""
     from rlrf_hub.backends.transformers_backend import TransformersBackend
@@ -118,16 +114,8 @@ def test_a_crashed_run_resumes_without_duplicates(tmp_path, data_dir, tiny_model
         ["--config", str(write_recipe(tmp_path / "b.yaml", **tiny_recipe(data_dir, tmp_path / "clean", **settings)))]
     )
     original = TransformersBackend.generate
-    calls = {"n": 0}
-
-    def failing(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Crash("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(TransformersBackend, "generate", failing)
-    with pytest.raises(_Crash):
+    crash_generate_on_call(monkeypatch, 3)
+    with pytest.raises(Crash):
         run(crashed)
     parts = list((tmp_path / "crashed" / "iter-0" / ".work" / "candidates").glob("part-*.parquet"))
     assert len(parts) == 2, "two chunks were checkpointed before the crash"

@@ -12,7 +12,7 @@ import time
 
 import datasets
 import pytest
-from conftest import tiny_recipe, write_recipe
+from conftest import Crash, crash_generate_on_call, tiny_recipe, write_recipe
 from huggingface_hub import HfApi, metadata_load
 
 from rlrf_hub.cli import main
@@ -28,10 +28,6 @@ with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
 """
-
-
-class _Crash(RuntimeError):
-    pass
 
 
 def _hold(folder, seconds: float) -> subprocess.Popen:
@@ -145,16 +141,9 @@ def test_runs_sharing_a_run_name_never_resume_from_each_others_parts(tmp_path, d
             "generation_batch_size": 2,
             "num_iterations": 1,
         }
-        original, calls = TransformersBackend.generate, {"n": 0}
-
-        def crash_on_third_call(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise _Crash("lost")
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(TransformersBackend, "generate", crash_on_third_call)
-        with pytest.raises(_Crash):
+        original = TransformersBackend.generate
+        crash_generate_on_call(monkeypatch, 3)
+        with pytest.raises(Crash):
             run(
                 parse_recipe(
                     [
@@ -177,11 +166,11 @@ def test_runs_sharing_a_run_name_never_resume_from_each_others_parts(tmp_path, d
         monkeypatch.setattr(TransformersBackend, "generate", original)
 
         def no_judge(recipe):
-            raise _Crash("lost")
+            raise Crash("lost")
 
         monkeypatch.setattr(factory, "judge_backend", no_judge)
         values = tiny_recipe(data_dir, tmp_path / "b", seed=7, **settings)
-        with pytest.raises(_Crash):
+        with pytest.raises(Crash):
             run(parse_recipe(["--config", str(write_recipe(tmp_path / "b.yaml", **values))]))
         published = datasets.load_dataset("team/tiny-candidates", revision="iter-0", split="train")
         mine = {row["response_id"]: row["response"] for row in published}
