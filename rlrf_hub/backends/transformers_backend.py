@@ -11,6 +11,11 @@ before it. The global torch RNG is neither used nor touched. Hence:
 - identical requests in one call still get different samples (the occurrence count enters the seed).
 
 Greedy decoding (`do_sample=False` or `temperature <= 0`) ignores the seed, so its `n` copies are equal.
+
+Speed. Llama-architecture models on the CPU (the embedded SmolLM2 among them) generate free text through
+`packed_decode` (packed prefill, static cache, finished rows dropped); JSON-constrained rows and other models go
+through `model.generate`. Both sample with `nucleus.SeededNucleusSampler`, so a row's draws are the same either way
+up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessorList
 
 from .base import Generation, GenerationRequest, SamplingParams
 from .constrained import JSONSchemaLogitsProcessor
+from .nucleus import SeededNucleusSampler
+from .packed_decode import PackedDecoder, generate_tokens, supports
 
 
 @dataclass
@@ -43,31 +50,6 @@ def sequence_seed(seed: int, request: GenerationRequest, occurrence: int, sample
     content = json.dumps({"messages": request.messages, "json_schema": request.json_schema}, sort_keys=True)
     key = f"{seed}\x00{occurrence}\x00{sample_index}\x00{content}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & (2**63 - 1)
-
-
-class RowSeededSampler(LogitsProcessor):
-    """Samples each row's next token from softmax(scores) with that row's own generator.
-
-    Inverse-CDF sampling: one uniform draw per row from the row's CPU generator (so a draw depends neither on
-    the other rows nor on the device), located in the row's cumulative distribution by a batched search.
-    Returns the scores with the drawn token raised to +inf, so a greedy `generate` picks exactly it. Placed last,
-    after temperature and top-p, it samples the same distribution as `generate`'s own multinomial sampling.
-    """
-
-    def __init__(self, seeds: Sequence[int]):
-        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        dtype = torch.float32 if scores.device.type == "mps" else torch.float64  # MPS has no float64
-        probs = torch.softmax(scores.to(dtype), dim=-1)
-        cumulative = probs.cumsum_(dim=-1)
-        targets = uniforms.to(scores.device, dtype).unsqueeze(1) * cumulative[:, -1:]
-        choices = torch.searchsorted(cumulative, targets, right=True).clamp_(max=scores.shape[-1] - 1)
-        # Rounding at the top of the CDF could land on a zero-probability tail token; fall back to the mode.
-        drawn_ok = scores.gather(1, choices) > float("-inf")
-        choices = torch.where(drawn_ok, choices, scores.argmax(dim=-1, keepdim=True))
-        return scores.scatter_(1, choices, float("inf"))
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -87,11 +69,45 @@ def completion_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, str]:
     return len(tokens), "length"
 
 
+def expand_requests(requests: Sequence[GenerationRequest], prompt_ids: list[list[int]], seed: int) -> list[_Sequence]:
+    """One `_Sequence` per sample of every request, each with its own seed (see the module docstring)."""
+    occurrences: dict[str, int] = {}
+    sequences = []
+    for index, (request, ids) in enumerate(zip(requests, prompt_ids, strict=True)):
+        key = json.dumps([request.messages, request.json_schema], sort_keys=True)
+        occurrence = occurrences.get(key, 0)
+        occurrences[key] = occurrence + 1
+        for k in range(request.n):
+            sequences.append(
+                _Sequence(index, k, ids, request.json_schema, sequence_seed(seed, request, occurrence, k))
+            )
+    return sequences
+
+
+def logits_processors(
+    tokenizer, eos_ids: list[int], batch: list[_Sequence], params: SamplingParams
+) -> LogitsProcessorList:
+    """JSON constraints (rows with a schema), then temperature, top-p and the per-row seeded draw."""
+    processors = LogitsProcessorList()
+    schemas = [sequence.json_schema for sequence in batch]
+    if any(schema is not None for schema in schemas):
+        processors.append(JSONSchemaLogitsProcessor(tokenizer, schemas, eos_ids))
+    if params.do_sample and params.temperature > 0:
+        seeds = [sequence.seed for sequence in batch]
+        processors.append(SeededNucleusSampler(seeds, params.temperature, params.top_p))
+    return processors
+
+
+def length_sorted(sequences: list[_Sequence]) -> list[int]:
+    """Indices of `sequences`, longest prompt first (memory trouble shows at once), ties in request order."""
+    return sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].prompt_ids), i))
+
+
 class TransformersBackend:
     """Generates with a transformers causal LM in this process (the `GenerationBackend` protocol).
 
     Sequences of all requests are sorted by prompt length (longest first, so memory trouble shows at once)
-    and generated in batches of `batch_size` with left padding; results come back in request order.
+    and generated in batches of `batch_size`; results come back in request order.
     Requests with a `json_schema` decode under llguidance constraints, mixed freely with free rows.
 
     Args:
@@ -122,6 +138,7 @@ class TransformersBackend:
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         self.total_tokens = 0
+        self._decoder = PackedDecoder(model) if supports(model) else None
 
     @classmethod
     def from_pretrained(
@@ -158,20 +175,6 @@ class TransformersBackend:
         """Length of the prompt the model sees for these messages (chat template and generation prompt included)."""
         return len(self.encode_prompts([messages])[0])
 
-    def _expand(self, requests: Sequence[GenerationRequest], seed: int) -> list[_Sequence]:
-        prompt_ids = self.encode_prompts([request.messages for request in requests])
-        occurrences: dict[str, int] = {}
-        sequences = []
-        for index, (request, ids) in enumerate(zip(requests, prompt_ids, strict=True)):
-            key = json.dumps([request.messages, request.json_schema], sort_keys=True)
-            occurrence = occurrences.get(key, 0)
-            occurrences[key] = occurrence + 1
-            for k in range(request.n):
-                sequences.append(
-                    _Sequence(index, k, ids, request.json_schema, sequence_seed(seed, request, occurrence, k))
-                )
-        return sequences
-
     def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """`input_ids` and `attention_mask` of a left-padded batch, on the model's device."""
         width = max(len(ids) for ids in prompts)
@@ -183,46 +186,52 @@ class TransformersBackend:
                 attention_mask[row, width - len(ids) :] = 1
         return input_ids.to(self.model.device), attention_mask.to(self.model.device)
 
-    def _logits_processors(self, batch: list[_Sequence], params: SamplingParams) -> LogitsProcessorList:
-        processors = LogitsProcessorList()
-        schemas = [sequence.json_schema for sequence in batch]
-        if any(schema is not None for schema in schemas):
-            processors.append(JSONSchemaLogitsProcessor(self.tokenizer, schemas, self.eos_token_ids))
-        if params.do_sample and params.temperature > 0:
-            if params.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_p < 1.0:
-                processors.append(TopPLogitsWarper(params.top_p))
-            processors.append(RowSeededSampler([sequence.seed for sequence in batch]))
-        return processors
-
     def _generate_batch(self, batch: list[_Sequence], params: SamplingParams) -> list[Generation]:
-        input_ids, attention_mask = self.left_pad([sequence.prompt_ids for sequence in batch])
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=params.max_new_tokens,
-                do_sample=False,  # sampling happens in RowSeededSampler
-                logits_processor=self._logits_processors(batch, params),
-                eos_token_id=self.eos_token_ids,
-                pad_token_id=self.pad_token_id,
-            )
+        if self._decoder is not None and all(sequence.json_schema is None for sequence in batch):
+            rows = self._generate_packed(batch, params)
+        else:
+            rows = self._generate_with_generate(batch, params)
         eos = set(self.eos_token_ids)
         generations = []
-        for tokens in output[:, input_ids.shape[1] :].tolist():
+        for tokens in rows:
             num_tokens, finish_reason = completion_length(tokens, eos)
             text = self.tokenizer.decode(tokens[:num_tokens], skip_special_tokens=True)
             generations.append(Generation(text=text, num_tokens=num_tokens, finish_reason=finish_reason))
         self.total_tokens += sum(generation.num_tokens for generation in generations)
         return generations
 
+    def _generate_packed(self, batch: list[_Sequence], params: SamplingParams) -> list[list[int]]:
+        if params.do_sample and params.temperature > 0:
+            sampler = SeededNucleusSampler([sequence.seed for sequence in batch], params.temperature, params.top_p)
+            choose = sampler.choose
+        else:
+
+            def choose(logits: torch.Tensor, rows: list[int]) -> list[int]:
+                return logits.argmax(dim=-1).tolist()
+
+        prompts = [sequence.prompt_ids for sequence in batch]
+        return generate_tokens(self._decoder, prompts, params.max_new_tokens, choose, set(self.eos_token_ids))
+
+    def _generate_with_generate(self, batch: list[_Sequence], params: SamplingParams) -> list[list[int]]:
+        input_ids, attention_mask = self.left_pad([sequence.prompt_ids for sequence in batch])
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,  # sampling happens in SeededNucleusSampler
+                logits_processor=logits_processors(self.tokenizer, self.eos_token_ids, batch, params),
+                eos_token_id=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+            )
+        return output[:, input_ids.shape[1] :].tolist()
+
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams, desc: str | None = None
     ) -> list[list[Generation]]:
         """Return, for each request, its `n` generations in order (see the module docstring on seeding)."""
-        sequences = self._expand(requests, params.seed)
-        order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].prompt_ids), i))
+        sequences = expand_requests(requests, self.encode_prompts([r.messages for r in requests]), params.seed)
+        order = length_sorted(sequences)
         results: list[list[Generation | None]] = [[None] * request.n for request in requests]
         with tqdm(total=len(sequences), desc=desc, unit="seq") as progress:
             for start in range(0, len(order), self.batch_size):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TypicalLogitsWarper
 
+from ..backends.nucleus import top_p_mask
 from .constraints import RowConstraint, mask_constrained
 from .protocol import SamplingOptions
 
@@ -50,6 +52,10 @@ def _apply_penalties(scores: torch.Tensor, row: int, state: RowState) -> None:
         scores[row] -= options.frequency_penalty * counts + options.presence_penalty * (counts > 0).to(scores.dtype)
 
 
+def _top_p(input_ids, scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    return top_p_mask(scores, top_p)
+
+
 def _warpers(options: SamplingOptions) -> list:
     warpers = []
     if options.temperature != 1.0:
@@ -57,7 +63,7 @@ def _warpers(options: SamplingOptions) -> list:
     if options.top_k:
         warpers.append(TopKLogitsWarper(options.top_k))
     if options.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(options.top_p))
+        warpers.append(partial(_top_p, top_p=options.top_p))
     if options.typical_p < 1.0:
         warpers.append(TypicalLogitsWarper(options.typical_p))
     return warpers

@@ -1,0 +1,223 @@
+"""Generation for llama-architecture models without `generate`: packed prefill, a static cache, shrinking batches.
+
+On 2 CPU cores `generate` spends as much time around the model as in it: prompts are left-padded to the longest
+(about half the prefill was padding on GSM8K batches), the cache is concatenated at every step, and rows that
+ended keep going through every layer. Here:
+
+- prefill packs the batch's distinct prompts end to end; the tokens all of them share (the chat template's system
+  prompt) are computed once, and a prompt sampled `n` times is computed once;
+- each row's keys and values go to a preallocated cache `[rows, kv_heads, capacity, head_dim]`, written in place;
+- only rows still generating go through the projections, the MLP and the LM head (attention, which is cheap at
+  these lengths, runs over all rows so the cache is never gathered or compacted).
+
+The arithmetic is the model's own modules (embedding, norms, projections, rotary embedding, LM head) in the
+model's order, so logits equal `model(...)`'s up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+
+
+def supports(model) -> bool:
+    """True for a plain (merged, unquantized-by-bitsandbytes) llama-architecture causal LM on the CPU."""
+    config = getattr(model, "config", None)
+    return (
+        config is not None
+        and getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
+        and getattr(config, "pretraining_tp", 1) == 1
+        and not getattr(model, "is_loaded_in_4bit", False)
+        and hasattr(model, "lm_head")
+        and hasattr(getattr(model, "model", None), "layers")
+        and model.device.type == "cpu"
+    )
+
+
+@dataclass
+class Cache:
+    keys: list[torch.Tensor]  # per layer: [rows, kv_heads, capacity, head_dim]
+    values: list[torch.Tensor]
+    lengths: torch.Tensor  # [rows]: filled positions per row
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Tokens shared by every prompt, leaving each prompt at least one token of its own."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(ids) for ids in prompts) - 1
+    first = prompts[0]
+    shared = 0
+    while shared < limit and all(ids[shared] == first[shared] for ids in prompts):
+        shared += 1
+    return shared
+
+
+class PackedDecoder:
+    """Prefill and decode steps for one llama-architecture model (see the module docstring)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.base = model.model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+
+    def _rotary(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.base.rotary_emb(x, positions.unsqueeze(0))
+        return cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [tokens, 1, head_dim]
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _qkv(self, layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        tokens = x.shape[0]
+        q = attn.q_proj(h).view(tokens, self.heads, self.head_dim)
+        k = attn.k_proj(h).view(tokens, self.kv_heads, self.head_dim)
+        v = attn.v_proj(h).view(tokens, self.kv_heads, self.head_dim)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin), v
+
+    def _finish_layer(self, layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = x + layer.self_attn.o_proj(attended.reshape(x.shape[0], -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.base.norm(hidden)).float()
+
+    def _run_prefix(self, tokens: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys and values ([kv_heads, length, head_dim] per layer) of the tokens every prompt starts with."""
+        keys, values = [], []
+        if not tokens:
+            return keys, values
+        x = self.base.embed_tokens(torch.tensor(tokens))
+        cos, sin = self._rotary(x, torch.arange(len(tokens)))
+        for layer in self.base.layers:
+            q, k, v = self._qkv(layer, x, cos, sin)
+            keys.append(k.transpose(0, 1))
+            values.append(v.transpose(0, 1))
+            out = F.scaled_dot_product_attention(
+                q.transpose(0, 1), keys[-1], values[-1], is_causal=True, enable_gqa=True
+            )
+            x = self._finish_layer(layer, x, out.transpose(0, 1))
+        return keys, values
+
+    def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[Cache, torch.Tensor]:
+        """A cache holding every prompt, with room for `capacity` positions per row, and each row's next logits."""
+        distinct = list(dict.fromkeys(tuple(ids) for ids in prompts))
+        which = {ids: index for index, ids in enumerate(distinct)}
+        shared = _common_prefix([list(ids) for ids in distinct])
+        prefix_keys, prefix_values = self._run_prefix(list(distinct[0][:shared]))
+        suffixes = [ids[shared:] for ids in distinct]
+        sizes = [len(s) for s in suffixes]
+        x = self.base.embed_tokens(torch.tensor([t for s in suffixes for t in s]))
+        cos, sin = self._rotary(x, torch.cat([torch.arange(shared, shared + n) for n in sizes]))
+        distinct_keys, distinct_values = [], []
+        for index, layer in enumerate(self.base.layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            out = torch.empty_like(q)
+            layer_keys, layer_values = [], []
+            for start, size in zip(_starts(sizes), sizes, strict=True):
+                keys = k[start : start + size].transpose(0, 1)
+                values = v[start : start + size].transpose(0, 1)
+                if shared:
+                    keys = torch.cat((prefix_keys[index], keys), dim=1)
+                    values = torch.cat((prefix_values[index], values), dim=1)
+                mask = torch.ones(size, shared + size, dtype=torch.bool).tril(diagonal=shared)
+                attended = F.scaled_dot_product_attention(
+                    q[start : start + size].transpose(0, 1), keys, values, attn_mask=mask, enable_gqa=True
+                )
+                out[start : start + size] = attended.transpose(0, 1)
+                layer_keys.append(keys)
+                layer_values.append(values)
+            distinct_keys.append(layer_keys)
+            distinct_values.append(layer_values)
+            x = self._finish_layer(layer, x, out)
+        last = torch.tensor([start + size - 1 for start, size in zip(_starts(sizes), sizes, strict=True)])
+        distinct_logits = self.logits(x[last])
+        rows = [which[tuple(ids)] for ids in prompts]
+        cache = self._fill_cache(distinct_keys, distinct_values, rows, capacity)
+        cache.lengths = torch.tensor([len(ids) for ids in prompts])
+        return cache, distinct_logits[rows]
+
+    def _fill_cache(self, keys, values, rows: list[int], capacity: int) -> Cache:
+        shape = (len(rows), self.kv_heads, capacity, self.head_dim)
+        dtype = keys[0][0].dtype
+        cache = Cache([], [], torch.zeros(0))
+        for layer_keys, layer_values in zip(keys, values, strict=True):
+            cache_keys = torch.zeros(shape, dtype=dtype)
+            cache_values = torch.zeros(shape, dtype=dtype)
+            for row, source in enumerate(rows):
+                length = layer_keys[source].shape[1]
+                cache_keys[row, :, :length] = layer_keys[source]
+                cache_values[row, :, :length] = layer_values[source]
+            cache.keys.append(cache_keys)
+            cache.values.append(cache_values)
+        return cache
+
+    def step(self, cache: Cache, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Feed one token to each of `rows` (at its next position); returns their next-token logits."""
+        positions = cache.lengths[rows]
+        x = self.base.embed_tokens(tokens)
+        cos, sin = self._rotary(x, positions)
+        span = int(positions.max()) + 1
+        all_rows = cache.lengths.shape[0]
+        visible = cache.lengths.clone()
+        visible[rows] = positions + 1
+        hidden = (torch.arange(span).unsqueeze(0) >= visible.unsqueeze(1)).view(all_rows, 1, 1, span)
+        groups = self.heads // self.kv_heads
+        query = torch.zeros(all_rows, self.kv_heads, groups, self.head_dim, dtype=x.dtype)
+        scale = self.head_dim**-0.5
+        for index, layer in enumerate(self.base.layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            cache.keys[index][rows, :, positions] = k
+            cache.values[index][rows, :, positions] = v
+            query[rows] = q.view(len(rows), self.kv_heads, groups, self.head_dim)
+            scores = torch.matmul(query, cache.keys[index][:, :, :span].transpose(-1, -2)).mul_(scale)
+            weights = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
+            attended = torch.matmul(weights, cache.values[index][:, :, :span])
+            x = self._finish_layer(layer, x, attended[rows])
+        cache.lengths[rows] = positions + 1
+        return self.logits(x)
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    starts, total = [], 0
+    for size in sizes:
+        starts.append(total)
+        total += size
+    return starts
+
+
+Chooser = Callable[[torch.Tensor, list[int]], list[int]]
+
+
+def generate_tokens(
+    decoder: PackedDecoder, prompts: list[list[int]], max_new_tokens: int, choose: Chooser, eos: set[int]
+) -> list[list[int]]:
+    """Each prompt's new tokens (up to and including its EOS); `choose(logits, rows)` picks the rows' next tokens."""
+    capacity = max(len(ids) for ids in prompts) + max_new_tokens
+    with torch.inference_mode():
+        cache, logits = decoder.prefill(prompts, capacity)
+        active = list(range(len(prompts)))
+        generated: list[list[int]] = [[] for _ in prompts]
+        for step in range(max_new_tokens):
+            chosen = choose(logits, active)
+            for row, token in zip(active, chosen, strict=True):
+                generated[row].append(token)
+            keep = [i for i, token in enumerate(chosen) if token not in eos]
+            active = [active[i] for i in keep]
+            if not active or step == max_new_tokens - 1:
+                break
+            logits = decoder.step(cache, torch.tensor([chosen[i] for i in keep]), torch.tensor(active))
+    return generated

@@ -1,0 +1,130 @@
+"""The packed decoder and the nucleus sampler: same numbers as transformers, without its costs."""
+
+import pytest
+import torch
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+from rlrf_hub.backends import GenerationRequest, SamplingParams
+from rlrf_hub.backends.nucleus import SeededNucleusSampler, nucleus, top_p_mask
+from rlrf_hub.backends.packed_decode import PackedDecoder, generate_tokens, supports
+from rlrf_hub.backends.transformers_backend import TransformersBackend
+from rlrf_hub.models import load_causal_lm, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    model = load_causal_lm(tiny_model)
+    return TransformersBackend(model, load_tokenizer(tiny_model), model_id=tiny_model, batch_size=4)
+
+
+def prompts_for(backend, texts):
+    return backend.encode_prompts([[{"role": "user", "content": text}] for text in texts])
+
+
+def greedy(logits, rows):
+    return logits.argmax(dim=-1).tolist()
+
+
+def test_the_tiny_llama_takes_the_packed_path(backend):
+    assert supports(backend.model)
+    assert backend._decoder is not None
+
+
+def test_prefill_logits_match_a_plain_forward_pass_with_shared_and_repeated_prompts(backend):
+    prompts = prompts_for(backend, ["two plus two", "name a colour please", "two plus two"])
+    decoder = PackedDecoder(backend.model)
+    with torch.inference_mode():
+        cache, logits = decoder.prefill(prompts, capacity=max(map(len, prompts)) + 4)
+        for row, ids in enumerate(prompts):
+            expected = backend.model(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(logits[row], expected, rtol=1e-4, atol=1e-4)
+            assert int(cache.lengths[row]) == len(ids)
+
+
+def test_decode_steps_match_a_plain_forward_pass_while_rows_drop_out(backend):
+    prompts = prompts_for(backend, ["count to three", "say hello", "what is rain"])
+    decoder = PackedDecoder(backend.model)
+    with torch.inference_mode():
+        cache, logits = decoder.prefill(prompts, capacity=max(map(len, prompts)) + 4)
+        first = logits.argmax(dim=-1)
+        decoder.step(cache, first, torch.arange(3))
+        second_rows = torch.tensor([0, 2])  # row 1 has finished
+        second = torch.tensor([5, 7])
+        stepped = decoder.step(cache, second, second_rows)
+        for position, row in enumerate(second_rows.tolist()):
+            ids = prompts[row] + [int(first[row]), int(second[position])]
+            expected = backend.model(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(stepped[position], expected, rtol=1e-4, atol=1e-4)
+    assert cache.lengths.tolist() == [len(prompts[0]) + 2, len(prompts[1]) + 1, len(prompts[2]) + 2]
+
+
+def test_greedy_tokens_equal_generate(backend):
+    prompts = prompts_for(backend, ["a short one", "a rather longer prompt than the first one", "mid size"])
+    decoder = PackedDecoder(backend.model)
+    ours = generate_tokens(decoder, prompts, 12, greedy, eos=set())
+    input_ids, attention_mask = backend.left_pad(prompts)
+    with torch.inference_mode():
+        output = backend.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False, eos_token_id=None
+        )
+    assert ours == output[:, input_ids.shape[1] :].tolist()
+
+
+def test_rows_stop_at_their_eos_and_others_go_on(backend):
+    prompts = prompts_for(backend, ["one", "two"])
+    decoder = PackedDecoder(backend.model)
+    free = generate_tokens(decoder, prompts, 8, greedy, eos=set())
+    stop = free[0][2]
+    stopped = generate_tokens(decoder, prompts, 8, greedy, eos={stop})
+    assert stopped[0] == free[0][: free[0].index(stop) + 1]
+    expected_second = free[1][: free[1].index(stop) + 1] if stop in free[1] else free[1]
+    assert stopped[1] == expected_second
+
+
+def test_sampled_rows_do_not_depend_on_batch_company(backend):
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
+    alone = backend.generate([GenerationRequest([{"role": "user", "content": "tell a story"}], n=2)], params)
+    crowd = backend.generate(
+        [
+            GenerationRequest([{"role": "user", "content": "something else entirely"}], n=3),
+            GenerationRequest([{"role": "user", "content": "tell a story"}], n=2),
+        ],
+        params,
+    )
+    assert [g.text for g in crowd[1]] == [g.text for g in alone[0]]
+    assert alone[0][0].text != alone[0][1].text
+
+
+def test_top_p_keeps_what_transformers_keeps():
+    torch.manual_seed(0)
+    for sharpness in (3.0, 8.0, 20.0):
+        scores = torch.randn(6, 5000) * sharpness
+        ours = top_p_mask(scores.clone(), 0.9) > float("-inf")
+        theirs = TopPLogitsWarper(0.9)(None, scores.clone()) > float("-inf")
+        assert torch.equal(ours, theirs)
+
+
+def test_the_window_widens_until_every_nucleus_fits():
+    probs = torch.full((2, 1000), 1 / 1000)
+    indices, kept = nucleus(probs, 0.5)
+    assert indices.shape[1] >= 500 and int(kept[0].sum()) == 500
+
+
+def test_the_seeded_draw_follows_the_warped_distribution():
+    """One row drawn many times (fresh seeds) lands on tokens in proportion to transformers' warped softmax."""
+    scores = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]])
+    warped = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, scores.clone()))
+    expected = torch.softmax(warped, dim=-1)[0]
+    draws = 4000
+    sampler = SeededNucleusSampler(range(draws), temperature=0.7, top_p=0.8)
+    chosen = sampler.choose(scores.expand(draws, -1).clone(), list(range(draws)))
+    observed = torch.bincount(torch.tensor(chosen), minlength=6).double() / draws
+    assert observed[expected == 0].sum() == 0
+    assert torch.allclose(observed, expected.double(), atol=0.03)
+
+
+def test_a_row_draw_depends_on_its_own_seed_only():
+    scores = torch.randn(3, 300)
+    together = SeededNucleusSampler([11, 12, 13], temperature=1.0, top_p=0.95).choose(scores.clone(), [0, 1, 2])
+    alone = SeededNucleusSampler([12], temperature=1.0, top_p=0.95).choose(scores[1:2].clone(), [0])
+    assert together[1] == alone[0]
