@@ -25,10 +25,10 @@ import torch
 
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.transformers_backend import TransformersBackend, completion_length
-from rlrf_hub.candidates import candidate_jobs
-from rlrf_hub.checkpoint import StageCheckpoint
 from rlrf_hub.ids import prompt_id
-from rlrf_hub.sampling import sample_responses
+from rlrf_hub.publishing import StageCheckpoint
+from rlrf_hub.stages.candidates import candidate_jobs
+from rlrf_hub.stages.sampling import sample_responses
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 

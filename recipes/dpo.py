@@ -105,12 +105,12 @@ def main(script_args, training_args, model_args, adapter_args: AdapterArguments 
     pairs = load_pairs(script_args, adapter_args.dataset_revision)
     if not model_args.use_peft:
         return train_full(pairs, training_args, model_args, adapter_args)
-    from rlrf_hub.config import Recipe, RLRFArguments
     from rlrf_hub.training import train_adapter
 
     result = train_adapter(
         pairs,
-        Recipe(RLRFArguments(), model_args, training_args),
+        model_args,
+        training_args,
         training_args.output_dir,
         init_adapter=adapter_args.init_adapter,
         reference_adapter=adapter_args.reference_adapter,

@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
             traceback.print_exc()
         print(f"rlrf-hub run: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    from .report import print_summary
+    from .summary import print_summary
 
     print_summary(summaries, title=f"RLRF run {recipe.run_name}")
     print(f"results: {recipe.output_dir.resolve()}")
@@ -77,8 +77,7 @@ def _model_prepare(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _summary(args: argparse.Namespace, rest: list[str]) -> int:
-    from .loop import IterationSummary
-    from .report import print_summary
+    from .summary import IterationSummary, print_summary
 
     path = Path(args.output_dir) / "summary.json"
     if not path.is_file():
@@ -156,8 +155,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-upload-bytes", type=int, default=None, help="largest LFS file or commit body accepted (default: 50 GiB)"
     )
     serve.set_defaults(handler=_hub_serve)
+    from . import report as report_cmd
     from .evaluation import cli as evaluate_cli
-    from .evaluation import report_cmd
     from .serving import cli as serve_cli
 
     for command in (report_cmd, evaluate_cli, serve_cli):

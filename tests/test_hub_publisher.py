@@ -13,10 +13,10 @@ import torch
 from conftest import hf_clients
 from huggingface_hub import DatasetCard, HfApi, ModelCard, hf_hub_download
 
-from rlrf_hub.hub.publisher import HubPublisher, PublishConflictError
 from rlrf_hub.hub.server import serve
 from rlrf_hub.ids import prompt_id, response_id
 from rlrf_hub.publishing import Published
+from rlrf_hub.publishing.hub import HubPublisher, PublishConflictError
 
 TOKEN = "hf_test_secret_token_0123456789"
 
@@ -83,7 +83,7 @@ def _commits(repo_id: str, repo_type: str) -> list[str]:
 
 _FRESH_READER = """
 import json, sys
-from rlrf_hub.hub.publisher import HubPublisher
+from rlrf_hub.publishing.hub import HubPublisher
 from datasets import load_dataset
 
 url, work_dir = sys.argv[1:3]

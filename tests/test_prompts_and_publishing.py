@@ -5,12 +5,11 @@ import json
 import pytest
 from datasets import load_dataset
 
-from rlrf_hub.checkpoint import StageCheckpoint
 from rlrf_hub.config import PromptSource, RecipeError
 from rlrf_hub.ids import prompt_id, response_id
-from rlrf_hub.prompts import build_prompts
-from rlrf_hub.publishing import FolderPublisher
+from rlrf_hub.publishing import FolderPublisher, StageCheckpoint
 from rlrf_hub.schemas import PROMPTS
+from rlrf_hub.stages.prompts import build_prompts
 
 
 def test_prompt_id_ignores_cosmetic_whitespace():
@@ -134,7 +133,7 @@ def test_checkpoint_survives_reopening(tmp_path):
 
 def test_long_prompts_stop_the_run_or_are_dropped():
     from rlrf_hub.config import RecipeError
-    from rlrf_hub.prompts import check_prompt_lengths
+    from rlrf_hub.stages.prompts import check_prompt_lengths
 
     rows = [{"prompt_id": f"p{n}", "prompt": "w " * n, "source": "s.jsonl"} for n in (3, 12, 5)]
 
@@ -149,7 +148,7 @@ def test_long_prompts_stop_the_run_or_are_dropped():
 
 def test_a_template_that_does_not_fit_a_row_names_the_source(tmp_path):
     from rlrf_hub.config import PromptSource, RecipeError
-    from rlrf_hub.prompts import build_prompts
+    from rlrf_hub.stages.prompts import build_prompts
 
     data = tmp_path / "chats.jsonl"
     data.write_text('{"conversations": []}\n')

@@ -1,13 +1,13 @@
-"""Dataset and adapter cards rendered from the templates in `cards/` with huggingface_hub's card classes."""
+"""The dataset card of a published stage, rendered from `cards/dataset_card.md` with huggingface_hub's card classes."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
+CARDS_DIR = Path(__file__).resolve().parents[2] / "cards"
 
 STAGE_DESCRIPTIONS = {
     "prompts": "Each row is one RL prompt with its task type (general, math or bio) and, where the task has one, "
@@ -57,9 +57,9 @@ def dataset_card(lineage: dict, rows: list[dict], load_path: str, data_pattern: 
         iteration=lineage["iteration"],
         run=lineage["run"],
         stage_description=STAGE_DESCRIPTIONS[stage],
-        policy=_describe(lineage.get("policy")),
-        feedback_model=_describe(lineage.get("feedback_model")),
-        reward_model=_describe(lineage.get("reward_model")),
+        policy=describe(lineage.get("policy")),
+        feedback_model=describe(lineage.get("feedback_model")),
+        reward_model=describe(lineage.get("reward_model")),
         num_rows=len(rows),
         parse_failure_rate="n/a" if rate is None else f"{rate:.1%}",
         tokens_generated=lineage.get("tokens_generated", 0),
@@ -69,47 +69,9 @@ def dataset_card(lineage: dict, rows: list[dict], load_path: str, data_pattern: 
     )
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
     if not value:
         return "none"
     if isinstance(value, dict):
         return " ".join(f"{k}={v}" for k, v in value.items() if v is not None)
     return str(value)
-
-
-def _table(values: dict) -> str:
-    lines = ["| key | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in values.items()]
-    return "\n".join(lines)
-
-
-def adapter_card(lineage: dict, metrics: dict, settings: dict, load_path: str) -> ModelCard:
-    base = lineage["policy"]["model"]
-    data = ModelCardData(
-        base_model=base,
-        library_name="peft",
-        license="other",
-        pipeline_tag="text-generation",
-        tags=["rlrf", "dpo" if lineage["method"] == "dpo" else "rejection-sampling", "lora", "trl"],
-        model_name=lineage["model_name"],
-        rlrf=lineage,
-    )
-    return ModelCard.from_template(
-        data,
-        template_path=str(CARDS_DIR / "adapter_card.md"),
-        title=f"{lineage['model_name']} of RLRF run {lineage['run']}",
-        model_name=lineage["model_name"],
-        previous_model=lineage["trained_from"],
-        method_name="DPO" if lineage["method"] == "dpo" else "rejection sampling (SFT on positives)",
-        iteration=lineage["iteration"],
-        run=lineage["run"],
-        base_model=base,
-        base_revision=lineage["policy"].get("revision") or "main",
-        pairs_location=lineage["parents"][0]["location"],
-        pairs_revision=lineage["parents"][0]["revision"],
-        num_pairs=lineage["counts"]["pairs"],
-        reference_model=lineage["reference_model"],
-        metrics_table=_table(metrics),
-        settings_table=_table(settings),
-        load_path=load_path,
-    )

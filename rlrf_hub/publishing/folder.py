@@ -1,4 +1,4 @@
-"""Where the artifacts of a run go. One small interface; stages never know which implementation they got.
+"""Publishing into plain folders (`hub_endpoint: none`).
 
 `FolderPublisher` lays each stage out as a Hub dataset repo (parquet shards under `data/` plus a
 README card with `configs` metadata) under `<output_dir>/iter-<t>/<stage>/`, so
@@ -7,79 +7,19 @@ README card with `configs` metadata) under `<output_dir>/iter-<t>/<stage>/`, so
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 from datasets import Dataset, load_dataset
 
-from .cards import adapter_card, dataset_card
-from .schemas import FEATURES, to_dataset
-
-OFFLINE_STORE_FILE = "hub.json"
-
-
-@dataclass(frozen=True)
-class Published:
-    """Where an artifact went. `content_key` is the key of the inputs it was made from (see `stage_keys`)."""
-
-    kind: str  # "dataset" or "adapter"
-    name: str  # stage name, or "M<t>" for adapters
-    iteration: int
-    location: str
-    revision: str
-    content_key: str | None = None
-
-
-class CheckpointMirror(Protocol):
-    """A copy of a stage's unfinished work somewhere other machines can read it."""
-
-    def names(self) -> list[str]: ...
-    def pull(self, folder: Path, keep: Callable[[str], bool] | None = None) -> None: ...
-    def push(self, folder: Path, force: bool = False) -> None: ...
-    def discard(self) -> None: ...
-
-
-class Publisher(Protocol):
-    def find(self, stage: str, iteration: int) -> Published | None: ...
-    def load(self, stage: str, iteration: int) -> Dataset: ...
-    def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published: ...
-    def checkpoint_mirror(self, stage: str, iteration: int, key: str) -> CheckpointMirror | None: ...
-    def adapter_dir(self, model_index: int) -> Path: ...
-    def find_adapter(self, model_index: int) -> Published | None: ...
-    def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published: ...
-    def record(self, published: Published) -> None: ...
-    def check(self) -> None: ...
-
-
-def offline_store(output_dir: Path) -> Path | None:
-    """The offline Hub store a run published to, as its `hub.json` records; None for any other run."""
-    path = Path(output_dir) / OFFLINE_STORE_FILE
-    return Path(json.loads(path.read_text())["store"]) if path.is_file() else None
-
-
-def card_content_key(card_path: Path) -> str | None:
-    """The `rlrf.content_key` of a card's metadata, if the card has one."""
-    from huggingface_hub import metadata_load
-
-    metadata = metadata_load(card_path) if card_path.is_file() else None
-    return ((metadata or {}).get("rlrf") or {}).get("content_key")
-
-
-def _content_sha(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:40]
+from ..cards import adapter_card, dataset_card
+from ..cards.tables import Reports
+from ..evaluation.results import EvaluationReport
+from ..schemas import FEATURES, to_dataset
+from .base import Published, card_content_key, content_sha, record_published
+from .results import check_results_iteration, folder_results_revision, publish_results_to_folder, results_path
 
 
 def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict, load_path: str) -> None:
@@ -93,7 +33,7 @@ def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict
         (tmp / "data").mkdir()
         shard = tmp / "data" / "train.parquet"
         to_dataset(stage, rows).to_parquet(str(shard))
-        pattern = f"data/train-{_content_sha([shard])[:16]}-*"
+        pattern = f"data/train-{content_sha([shard])[:16]}-*"
         shard.rename(tmp / pattern.replace("*", "00000-of-00001.parquet"))
         dataset_card(lineage, rows, load_path, pattern).save(tmp / "README.md")
         if target.exists():
@@ -101,27 +41,6 @@ def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def record_published(path: Path, published: Published, **details) -> None:
-    """Keep `path` (a run's `published.json`) listing every artifact, for scripts that look for a run's outputs.
-
-    `details` (for example a Hub repo, its type and tag) are stored next to the `Published` fields. An artifact
-    recorded again (a resumed run finding it) keeps its place, so the file changes only when its content does.
-    """
-    entries = json.loads(path.read_text()) if path.is_file() else []
-    entry = {**asdict(published), **details}
-    key = (published.kind, published.name, published.iteration)
-    places = [i for i, e in enumerate(entries) if (e["kind"], e["name"], e["iteration"]) == key]
-    if places:
-        entries[places[0]] = entry
-        entries = [e for i, e in enumerate(entries) if i not in places[1:]]
-    else:
-        entries.append(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2))
-    os.replace(tmp, path)
 
 
 class FolderPublisher:
@@ -148,7 +67,7 @@ class FolderPublisher:
         if not (folder / "README.md").is_file() or not shards:
             return None
         key = card_content_key(folder / "README.md")
-        return Published("dataset", stage, iteration, str(folder), _content_sha(shards), key)
+        return Published("dataset", stage, iteration, str(folder), content_sha(shards), key)
 
     def load(self, stage: str, iteration: int) -> Dataset:
         return load_dataset(str(self.dataset_dir(stage, iteration)), split="train", features=FEATURES[stage])
@@ -170,7 +89,7 @@ class FolderPublisher:
         if not weights or not (folder / "README.md").is_file():
             return None
         key = card_content_key(folder / "README.md")
-        return Published("adapter", f"M{model_index}", model_index, str(folder), _content_sha(weights), key)
+        return Published("adapter", f"M{model_index}", model_index, str(folder), content_sha(weights), key)
 
     def publish_adapter(self, model_index: int, lineage: dict, metrics: dict, settings: dict) -> Published:
         """The trainer wrote the adapter into `adapter_dir`; the card completes it."""
@@ -182,6 +101,22 @@ class FolderPublisher:
         published = self.find_adapter(model_index)
         self.record(published)
         return published
+
+    def publish_results(self, model_index: int, reports: Reports) -> Published:
+        """Results of M_<model_index> (and any other model, e.g. M0 with M1) written into `adapters/M<model_index>/`,
+        carrying the results of the earlier adapters' folders; recorded as kind `results`."""
+        check_results_iteration(model_index)
+        folder = self.adapter_dir(model_index)
+        carry = [self.adapter_dir(k) for k in range(1, model_index)]
+        publish_results_to_folder(folder, reports, carry_from=[p for p in carry if p.is_dir()])
+        published = Published("results", f"M{model_index}", model_index, str(folder), folder_results_revision(folder))
+        self.record(published)
+        return published
+
+    def find_results(self, model_index: int, label: str | None = None) -> EvaluationReport | None:
+        """The report of `label` (default `M<model_index>`) in the folder of adapter M_<model_index>, or None."""
+        local = self.adapter_dir(model_index) / results_path(label or f"M{model_index}")
+        return EvaluationReport.load(local) if local.is_file() else None
 
     def record(self, published: Published) -> None:
         """List `published` in `published.json`."""
