@@ -9,7 +9,19 @@ from conftest import REPO
 PACKAGE = REPO / "rlrf_hub"
 LAYERS = (
     ("__init__", "errors", "ids", "aspects", "schemas", "httpd", "models", "sharding"),
-    ("backends", "hub", "feedback", "evaluation", "metrics", "reward", "mixtures", "training", "cards", "lineage"),
+    (
+        "backends",
+        "hub",
+        "feedback",
+        "evaluation",
+        "metrics",
+        "reward",
+        "mixtures",
+        "training",
+        "cards",
+        "lineage",
+        "recipe_scripts",
+    ),
     ("serving", "publishing"),
     ("stages",),
     ("config", "preflight", "run_lock", "loop", "summary", "report", "cli"),
