@@ -26,6 +26,19 @@ PAIRINGS = ("rlrf", "reward_only", "rs")
 REFERENCE_MODELS = ("m0", "previous")
 ASPECT_MODES = ("paper", "all")
 FEEDBACK_BACKENDS = ("in_process", "endpoint", "serve")
+WHOLE_NUMBERS = (
+    "num_candidates",
+    "num_refinements",
+    "max_new_tokens",
+    "generation_batch_size",
+    "feedback_max_new_tokens",
+    "feedback_batch_size",
+    "num_general_aspects",
+    "top_k",
+    "num_iterations",
+    "max_prompt_tokens",
+    "reward_batch_size",
+)
 
 
 @dataclass
@@ -350,6 +363,21 @@ def _require(condition: bool, field_name: str, message: str) -> None:
 def validate(recipe: Recipe) -> None:
     """Check values the dataclasses cannot: ranges, choices and that local files exist."""
     r = recipe.rlrf
+    _validate_prompt_sources(r)
+    _validate_sizes(r)
+    _require(r.aspect_mode in ASPECT_MODES, "aspect_mode", f"must be one of {ASPECT_MODES}")
+    _require(r.feedback_backend in FEEDBACK_BACKENDS, "feedback_backend", f"must be one of {FEEDBACK_BACKENDS}")
+    for task in r.verifier_tasks:
+        _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
+    _validate_endpoints(r)
+    _validate_pairing(r)
+    _validate_publishing(r)
+    _validate_evaluation(r)
+    _require(recipe.training.beta > 0, "beta", "must be > 0")
+    _require(recipe.training.learning_rate > 0, "learning_rate", "must be > 0")
+
+
+def _validate_prompt_sources(r: RLRFArguments) -> None:
     _require(bool(r.prompt_sources), "prompt_sources", "at least one prompt source is required")
     for i, source in enumerate(r.prompt_sources):
         where = f"prompt_sources[{i}]"
@@ -367,19 +395,12 @@ def validate(recipe: Recipe) -> None:
             )
         _require(source.limit is None or source.limit > 0, f"{where}.limit", "must be positive")
         _require(source.offset >= 0, f"{where}.offset", "must be >= 0")
-    for name in (
-        "num_candidates",
-        "num_refinements",
-        "max_new_tokens",
-        "generation_batch_size",
-        "feedback_max_new_tokens",
-        "feedback_batch_size",
-        "num_general_aspects",
-        "top_k",
-        "num_iterations",
-        "max_prompt_tokens",
-        "reward_batch_size",
-    ):
+    _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
+
+
+def _validate_sizes(r: RLRFArguments) -> None:
+    """Counts, lengths and sampling values."""
+    for name in WHOLE_NUMBERS:
         value = getattr(r, name)
         _require(isinstance(value, int) and value >= 1, name, f"must be a whole number >= 1, got {value!r}")
     _require(r.num_candidates >= 2, "num_candidates", "needs at least 2 candidates to pair")
@@ -388,9 +409,9 @@ def validate(recipe: Recipe) -> None:
     _require(r.temperature > 0, "temperature", f"must be > 0, got {r.temperature}")
     _require(0 < r.top_p <= 1, "top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.feedback_temperature >= 0, "feedback_temperature", "must be >= 0")
-    _require(r.aspect_mode in ASPECT_MODES, "aspect_mode", f"must be one of {ASPECT_MODES}")
-    _require(r.feedback_backend in FEEDBACK_BACKENDS, "feedback_backend", f"must be one of {FEEDBACK_BACKENDS}")
-    _validate_endpoints(r)
+
+
+def _validate_pairing(r: RLRFArguments) -> None:
     _require(r.reference_model in REFERENCE_MODELS, "reference_model", f"must be one of {REFERENCE_MODELS}")
     for rule in r.pairing.split(","):
         _require(rule.strip() in PAIRINGS, "pairing", f"{rule!r} is not one of {PAIRINGS}")
@@ -399,6 +420,10 @@ def validate(recipe: Recipe) -> None:
             "reward_model",
             "pairing `reward_only` ranks candidates by reward alone and needs a reward model",
         )
+
+
+def _validate_publishing(r: RLRFArguments) -> None:
+    """The Hub, its namespace and retries, checkpoint pushes and sharding (whose workers meet on a Hub)."""
     _require(
         r.hub_endpoint in (None, "offline", "none") or r.hub_endpoint.startswith(("http://", "https://")),
         "hub_endpoint",
@@ -409,7 +434,12 @@ def validate(recipe: Recipe) -> None:
         "hub_namespace",
         f"is needed to publish to {r.hub_endpoint}",
     )
-    _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
+    if r.hub_namespace:
+        _require(
+            "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
+            "hub_namespace",
+            f"must be a user or organisation name, got {r.hub_namespace!r}",
+        )
     _require(r.hub_max_retries >= 0, "hub_max_retries", "must be >= 0")
     _require(r.checkpoint_push_interval >= 0, "checkpoint_push_interval", "must be >= 0 seconds")
     if r.shard is not None:
@@ -425,17 +455,6 @@ def validate(recipe: Recipe) -> None:
             "the workers of a sharded run meet on a Hub; set hub_endpoint (or leave it unset), not `none`",
         )
     _require(r.shard_wait_timeout > 0, "shard_wait_timeout", "must be > 0 seconds")
-    _validate_evaluation(r)
-    if r.hub_namespace:
-        _require(
-            "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
-            "hub_namespace",
-            f"must be a user or organisation name, got {r.hub_namespace!r}",
-        )
-    for task in r.verifier_tasks:
-        _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
-    _require(recipe.training.beta > 0, "beta", "must be > 0")
-    _require(recipe.training.learning_rate > 0, "learning_rate", "must be > 0")
 
 
 def _validate_endpoints(r: RLRFArguments) -> None:

@@ -103,6 +103,15 @@ def publish_results(
         return f"{api.endpoint.rstrip('/')}/{repo_id}/blob/{quote(branch, safe='')}/{path}"
 
     files = results_files(card, labelled, current, source_url)
+    sha = _commit_changes(api, repo_id, branch, head, files, f"Evaluation results of {current}")
+    if new_tag:
+        _tag(api, repo_id, new_tag, sha, f"{current} with its evaluation")
+    return sha
+
+
+def _commit_changes(api: HfApi, repo_id: str, branch: str, head: str, files: dict[str, bytes], message: str) -> str:
+    """One commit on `branch` writing the changed `files` and deleting results files no longer among them; nothing
+    (and `head` is returned) when nothing changed."""
     remote = {
         entry.path: entry
         for entry in api.list_repo_tree(repo_id, revision=head, recursive=True)
@@ -110,20 +119,21 @@ def publish_results(
     }
     stale = [path for path in remote if path.startswith(RESULT_PREFIXES) and path not in files]
     changed = {path: content for path, content in files.items() if not _same_file(remote.get(path), content)}
-    sha = head
-    if stale or changed:
-        operations = [CommitOperationDelete(path_in_repo=path) for path in stale] + [
-            CommitOperationAdd(path_in_repo=path, path_or_fileobj=content) for path, content in changed.items()
-        ]
-        message = f"Evaluation results of {current}"
-        sha = api.create_commit(repo_id, operations, commit_message=message, revision=branch, parent_commit=head).oid
-    if new_tag:
-        try:
-            api.create_tag(repo_id, tag=new_tag, revision=sha, tag_message=f"{current} with its evaluation")
-        except HfHubHTTPError as error:
-            if error.response is None or error.response.status_code != 409:
-                raise
-    return sha
+    if not (stale or changed):
+        return head
+    operations = [CommitOperationDelete(path_in_repo=path) for path in stale] + [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=content) for path, content in changed.items()
+    ]
+    return api.create_commit(repo_id, operations, commit_message=message, revision=branch, parent_commit=head).oid
+
+
+def _tag(api: HfApi, repo_id: str, tag: str, sha: str, message: str) -> None:
+    """Tag `sha`; a tag that another writer created meanwhile is kept as it is."""
+    try:
+        api.create_tag(repo_id, tag=tag, revision=sha, tag_message=message)
+    except HfHubHTTPError as error:
+        if error.response is None or error.response.status_code != 409:
+            raise
 
 
 def _same_file(entry: RepoFile | None, content: bytes) -> bool:
