@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from .config import Recipe, publish_settings, run_settings
 from .errors import RunError
 from .publishing import Publisher, make_publisher
 from .stages import ITERATION_STAGES, evaluate, prompts
-from .stages.base import IterationContext, reusable
+from .stages.base import IterationContext, Stage, reusable
 from .stages.settings import RunSettings
 from .summary import IterationSummary, summarise_iteration
 
@@ -74,7 +73,7 @@ def run_iteration(settings: RunSettings, publisher: Publisher, prompt_rows: list
     )
 
 
-def run_stage(stage: ModuleType, ctx: IterationContext) -> Any:
+def run_stage(stage: Stage, ctx: IterationContext) -> Any:
     """Read the stage back if it is published from the same inputs, else run it (it publishes what it makes)."""
     if not stage.applies(ctx):
         return None

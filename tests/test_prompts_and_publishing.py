@@ -77,7 +77,7 @@ def test_published_stage_loads_with_load_dataset_and_has_a_card(tmp_path):
     publisher = FolderPublisher(tmp_path)
     rows = _prompt_rows(5)
     lineage = {"run": "r", "stage": "prompts", "iteration": 0, "counts": {"rows": 5}}
-    published = publisher.publish_dataset("prompts", 0, rows, lineage)
+    published = publisher.publish_dataset("prompts", 0, rows, lineage, "rows")
     dataset = load_dataset(published.location, split="train")
     assert dataset.features == PROMPTS
     assert dataset["prompt_id"] == [r["prompt_id"] for r in rows]
@@ -106,7 +106,9 @@ def test_two_folders_of_one_stage_never_share_a_cache(tmp_path):
     for index in range(2):
         publisher = FolderPublisher(tmp_path / f"run{index}")
         rows = _prompt_rows(index + 2)
-        published = publisher.publish_dataset("prompts", 0, rows, {"run": "r", "stage": "prompts", "iteration": 0})
+        published = publisher.publish_dataset(
+            "prompts", 0, rows, {"run": "r", "stage": "prompts", "iteration": 0}, "rows"
+        )
         loaded.append(load_dataset(published.location, split="train")["prompt_id"])
     assert loaded == [[r["prompt_id"] for r in _prompt_rows(2)], [r["prompt_id"] for r in _prompt_rows(3)]]
 

@@ -9,21 +9,6 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "cards"
 
-STAGE_DESCRIPTIONS = {
-    "prompts": "Each row is one RL prompt with its task type (general, math or bio) and, where the task has one, "
-    "the reference the feedback model is shown (a worked math solution or a Wikipedia text about the person).",
-    "candidates": "Each row is one response sampled from the current policy for a prompt; `sample_index` numbers "
-    "the samples of a prompt.",
-    "feedback": "Each row is the fine-grained feedback on one rated response (candidates and refinements alike, "
-    "see `origin`): the rated aspects in order, a rating in {-1, 0, 1} and a critique for each, one "
-    "`rating_<aspect>` column per aspect (empty when not rated), the raw reply of the judge, whether it parsed, "
-    "and the reward used for ranking.",
-    "refinements": "Each row is one refinement: the policy was shown its best candidate (`parent_id`) with that "
-    "candidate's feedback and asked for an improved answer.",
-    "pairs": "Each row is a preference pair in TRL's conversational format (`prompt`, `chosen`, `rejected`), "
-    "ready for `DPOTrainer`; ids, ratings, rewards and origins of both sides are kept for analysis.",
-}
-
 
 def _markdown_rows(rows: list[dict], limit: int = 3, width: int = 160) -> str:
     if not rows:
@@ -35,9 +20,12 @@ def _markdown_rows(rows: list[dict], limit: int = 3, width: int = 160) -> str:
     return "\n\n".join(blocks)
 
 
-def dataset_card(lineage: dict, rows: list[dict], load_path: str, data_pattern: str) -> DatasetCard:
-    """`data_pattern` names the shards by content hash: `datasets` caches a local folder by its card's
-    patterns, so a pattern shared by two different folders would serve one folder's cached rows for the other."""
+def dataset_card(lineage: dict, rows: list[dict], load_path: str, data_pattern: str, description: str) -> DatasetCard:
+    """`description` says what a row of the stage is (each stage module's `CARD_DESCRIPTION`).
+
+    `data_pattern` names the shards by content hash: `datasets` caches a local folder by its card's patterns, so a
+    pattern shared by two different folders would serve one folder's cached rows for the other.
+    """
     stage = lineage["stage"]
     data = DatasetCardData(
         license="other",
@@ -56,7 +44,7 @@ def dataset_card(lineage: dict, rows: list[dict], load_path: str, data_pattern: 
         stage=stage,
         iteration=lineage["iteration"],
         run=lineage["run"],
-        stage_description=STAGE_DESCRIPTIONS[stage],
+        stage_description=description,
         policy=describe(lineage.get("policy")),
         feedback_model=describe(lineage.get("feedback_model")),
         reward_model=describe(lineage.get("reward_model")),

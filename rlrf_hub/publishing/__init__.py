@@ -5,7 +5,7 @@ pushes the same layout to a Hub as tagged commits. Unfinished stages are checkpo
 evaluation results go on the adapter cards (`results`).
 """
 
-from .base import OFFLINE_STORE_FILE, CheckpointMirror, Published, Publisher, offline_store, record_published
+from .base import OFFLINE_STORE_FILE, CheckpointMirror, Published, Publisher, offline_store
 from .checkpoints import HubCheckpointMirror, StageCheckpoint
 from .folder import FolderPublisher
 from .settings import PublishSettings, make_publisher
@@ -21,5 +21,4 @@ __all__ = [
     "StageCheckpoint",
     "make_publisher",
     "offline_store",
-    "record_published",
 ]

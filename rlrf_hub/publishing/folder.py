@@ -22,7 +22,9 @@ from .base import Published, card_content_key, content_sha, record_published
 from .results import check_results_iteration, folder_results_revision, publish_results_to_folder, results_path
 
 
-def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict, load_path: str) -> None:
+def write_stage_folder(
+    target: Path, stage: str, rows: list[dict], lineage: dict, load_path: str, description: str
+) -> None:
     """Lay a stage out at `target` as a Hub dataset repo: one parquet shard under `data/` and the README card.
 
     Shards and card are written into a temporary sibling, then renamed: readers never see half a stage.
@@ -35,7 +37,7 @@ def write_stage_folder(target: Path, stage: str, rows: list[dict], lineage: dict
         to_dataset(stage, rows).to_parquet(str(shard))
         pattern = f"data/train-{content_sha([shard])[:16]}-*"
         shard.rename(tmp / pattern.replace("*", "00000-of-00001.parquet"))
-        dataset_card(lineage, rows, load_path, pattern).save(tmp / "README.md")
+        dataset_card(lineage, rows, load_path, pattern, description).save(tmp / "README.md")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -72,9 +74,11 @@ class FolderPublisher:
     def load(self, stage: str, iteration: int) -> Dataset:
         return load_dataset(str(self.dataset_dir(stage, iteration)), split="train", features=FEATURES[stage])
 
-    def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published:
+    def publish_dataset(
+        self, stage: str, iteration: int, rows: list[dict], lineage: dict, description: str
+    ) -> Published:
         target = self.dataset_dir(stage, iteration)
-        write_stage_folder(target, stage, rows, lineage, str(target))
+        write_stage_folder(target, stage, rows, lineage, str(target), description)
         published = self.find(stage, iteration)
         self.record(published)
         return published

@@ -252,13 +252,15 @@ class HubPublisher:
             token=self.api.token,
         )
 
-    def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published:
+    def publish_dataset(
+        self, stage: str, iteration: int, rows: list[dict], lineage: dict, description: str
+    ) -> Published:
         """Lay the stage out exactly as `FolderPublisher` does, in a staging folder, and push it as one commit."""
         repo_id = self.repo_id(stage)
         t = _stage_iteration(stage, iteration)
         staged = self.work_dir / ".staging" / stage / iteration_tag(t)
         try:
-            write_stage_folder(staged, stage, rows, lineage, repo_id)
+            write_stage_folder(staged, stage, rows, lineage, repo_id, description)
             sha = self._commit_and_tag(repo_id, "dataset", staged, t, f"{stage} of iteration {t}")
         finally:
             shutil.rmtree(staged, ignore_errors=True)

@@ -174,6 +174,7 @@ def reusable(publisher: Publisher, found: Published | None, key: str) -> bool:
 def publish_rows(
     ctx: IterationContext,
     stage: str,
+    description: str,
     checkpoint: StageCheckpoint,
     expected: list[str],
     key: str,
@@ -202,7 +203,7 @@ def publish_rows(
     if shard.sharded:
         info["shards"] = {"count": shard.count, "rows": {tag: m["rows"] for tag, m in markers.items()}}
         print(f"shard {shard}: merged {stage} of iteration {ctx.t}: {info['shards']['rows']}", flush=True)
-    published = ctx.publisher.publish_dataset(stage, ctx.t, rows, info)
+    published = ctx.publisher.publish_dataset(stage, ctx.t, rows, info, description)
     checkpoint.clear()
     return rows, published
 

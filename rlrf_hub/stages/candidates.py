@@ -47,11 +47,18 @@ def load(ctx: IterationContext, found: Published) -> list[dict]:
 
 def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
     jobs = candidate_jobs(ctx.prompts)
-    return sample_and_publish(ctx, key, NAME, jobs, ctx.settings.sampling.num_candidates, [ctx.published["prompts"]])
+    num, parents = ctx.settings.sampling.num_candidates, [ctx.published["prompts"]]
+    return sample_and_publish(ctx, key, NAME, CARD_DESCRIPTION, jobs, num, parents)
 
 
 def sample_and_publish(
-    ctx: IterationContext, key: str, stage: str, jobs: list[SamplingJob], num_samples: int, parents: list[Published]
+    ctx: IterationContext,
+    key: str,
+    stage: str,
+    description: str,
+    jobs: list[SamplingJob],
+    num_samples: int,
+    parents: list[Published],
 ) -> tuple[list[dict], Published]:
     """Sample `num_samples` responses per job with the policy M_t (this worker's chunks) and publish the stage."""
     started = time.time()
@@ -74,7 +81,7 @@ def sample_and_publish(
     def lineage(rows: list[dict], stats: dict) -> dict:
         return ctx.lineage(stage, rows, parents, started)
 
-    return publish_rows(ctx, stage, checkpoint, expected, key, lineage)
+    return publish_rows(ctx, stage, description, checkpoint, expected, key, lineage)
 
 
 def _sampling_params(ctx: IterationContext) -> SamplingParams:

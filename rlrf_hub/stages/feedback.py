@@ -91,7 +91,7 @@ def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
 
     ctx.judge_stats.update(ctx.backends.judge_counters())
     expected = [row["response_id"] for row in candidates + refinements]
-    return publish_rows(ctx, NAME, checkpoint, expected, key, lineage)
+    return publish_rows(ctx, NAME, CARD_DESCRIPTION, checkpoint, expected, key, lineage)
 
 
 def rated_candidates(ctx: IterationContext) -> list[dict]:

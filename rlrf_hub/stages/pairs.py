@@ -64,7 +64,7 @@ def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
     pairs = build_pairs(ctx.rule, ctx.by_id, responses, ctx.outputs["feedback"], p.top_k, p.pairing_seed, ctx.t)
     parents = [ctx.published["feedback"]]
     lineage = ctx.lineage(NAME, pairs, parents, started, pairing=ctx.rule, top_k=p.top_k, content_key=key)
-    return pairs, ctx.publisher.publish_dataset(NAME, ctx.t, pairs, lineage)
+    return pairs, ctx.publisher.publish_dataset(NAME, ctx.t, pairs, lineage, CARD_DESCRIPTION)
 
 
 def is_positive(row: dict) -> bool:

@@ -223,7 +223,7 @@ def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
         "counts": {"rows": len(prompts), "too_long": built - len(prompts), **Counter(row["task"] for row in prompts)},
         "content_key": key,
     }
-    return prompts, ctx.publisher.publish_dataset(NAME, 0, prompts, lineage)
+    return prompts, ctx.publisher.publish_dataset(NAME, 0, prompts, lineage, CARD_DESCRIPTION)
 
 
 def _token_counter(model: str, revision: str | None, max_new_tokens: int):

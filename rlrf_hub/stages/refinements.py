@@ -67,4 +67,4 @@ def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
     feedback = feedback_stage.rated_candidates(ctx)
     jobs = refinement_jobs(ctx.prompts, candidates, feedback)
     num = ctx.settings.sampling.num_refinements
-    return sample_and_publish(ctx, key, NAME, jobs, num, [ctx.published["candidates"]])
+    return sample_and_publish(ctx, key, NAME, CARD_DESCRIPTION, jobs, num, [ctx.published["candidates"]])
