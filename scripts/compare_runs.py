@@ -1,4 +1,5 @@
-"""Compare the published datasets of two runs byte for byte: the sha256 of every data file of every stage.
+"""Compare what two runs published, byte for byte: the sha256 of every data file of every stage, and of the weights of
+every adapter.
 
     python scripts/compare_runs.py OUTPUT_DIR_A OUTPUT_DIR_B
 
@@ -19,21 +20,28 @@ from pathlib import Path
 from rlrf_hub.hub.store import Store
 from rlrf_hub.publishing import offline_store
 
+COMPARED = {"dataset": "data/", "adapter": "adapter_model."}
 
-def data_files(output_dir: Path) -> dict[str, dict]:
-    """`{"<stage>/<iteration>": {"files": {path: sha256}, "content_key": key}}` for every published dataset."""
+
+def published_files(output_dir: Path) -> dict[str, dict]:
+    """`{"<stage>/<iteration>": {"files": {path: sha256}, "content_key": key}}` for every published dataset and
+    adapter (`adapter/M<t>`): the data files of a dataset, the weights of an adapter."""
     store = offline_store(output_dir)
     found = {}
     for entry in json.loads((output_dir / "published.json").read_text()):
-        if entry["kind"] != "dataset":
+        prefix = COMPARED.get(entry["kind"])
+        if prefix is None:
             continue
         if store is None:
             folder = Path(entry["location"])
-            files = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.glob("data/*.parquet"))}
+            paths = sorted(p for p in folder.rglob("*") if p.relative_to(folder).as_posix().startswith(prefix))
+            files = {p.relative_to(folder).as_posix(): _sha256(p) for p in paths}
         else:
-            tree = Store(store).commit_at("dataset", entry["repo_id"], entry["revision"]).tree
-            files = {path: file.sha256 for path, file in sorted(tree.items()) if path.startswith("data/")}
-        found[f"{entry['name']}/{entry['iteration']}"] = {"files": files, "content_key": entry["content_key"]}
+            repo_type = "dataset" if entry["kind"] == "dataset" else "model"
+            tree = Store(store).commit_at(repo_type, entry["repo_id"], entry["revision"]).tree
+            files = {path: file.sha256 for path, file in sorted(tree.items()) if path.startswith(prefix)}
+        name = f"{entry['name']}/{entry['iteration']}" if entry["kind"] == "dataset" else f"adapter/{entry['name']}"
+        found[name] = {"files": files, "content_key": entry["content_key"]}
     return found
 
 
@@ -42,7 +50,7 @@ def _sha256(path: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    a, b = (data_files(Path(arg)) for arg in argv)
+    a, b = (published_files(Path(arg)) for arg in argv)
     differ = False
     for name in sorted(set(a) | set(b)):
         left, right = a.get(name), b.get(name)
