@@ -2,7 +2,7 @@
 
 Ways to generate one completion per prompt, measured side by side in one process:
 
-- candidate: the candidate stage (`rlrf_hub.sampling.sample_responses` over `TransformersBackend`: chat
+- candidate: the candidate stage (`rlrf_hub.stages.sampling.sample_responses` over `TransformersBackend`: chat
   template, length sorting, per-row seeded sampling, rows checkpointed to parquet);
 - refinement: the refinement stage on the candidates of this run, each given the same short feedback text in
   place of a judge's (`rlrf_hub.refinements.refinement_jobs`, one refinement per prompt);
@@ -43,12 +43,12 @@ import torch
 
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.transformers_backend import TransformersBackend, completion_length
-from rlrf_hub.candidates import candidate_jobs
-from rlrf_hub.checkpoint import StageCheckpoint
 from rlrf_hub.evaluation import gsm8k
 from rlrf_hub.ids import prompt_id
-from rlrf_hub.refinements import refinement_jobs
-from rlrf_hub.sampling import SamplingJob, sample_responses
+from rlrf_hub.publishing import StageCheckpoint
+from rlrf_hub.stages.candidates import candidate_jobs
+from rlrf_hub.stages.refinements import refinement_jobs
+from rlrf_hub.stages.sampling import SamplingJob, sample_responses
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 DEFAULT_DATA = DATA_DIR / "train.jsonl"

@@ -50,6 +50,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlrf_hub import recipe_scripts
+
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -105,12 +107,12 @@ def main(script_args, training_args, model_args, adapter_args: AdapterArguments 
     pairs = load_pairs(script_args, adapter_args.dataset_revision)
     if not model_args.use_peft:
         return train_full(pairs, training_args, model_args, adapter_args)
-    from rlrf_hub.config import Recipe, RLRFArguments
     from rlrf_hub.training import train_adapter
 
     result = train_adapter(
         pairs,
-        Recipe(RLRFArguments(), model_args, training_args),
+        model_args,
+        training_args,
         training_args.output_dir,
         init_adapter=adapter_args.init_adapter,
         reference_adapter=adapter_args.reference_adapter,
@@ -123,7 +125,7 @@ def main(script_args, training_args, model_args, adapter_args: AdapterArguments 
 def train_full(pairs, training_args, model_args, adapter_args: AdapterArguments) -> dict:
     """Full-parameter DPO (or RS) of `model_name_or_path`, as TRL's own DPO script does it, with a frozen copy of
     the starting model (or `ref_model_name_or_path`) as the DPO reference. Writes the whole model and the tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import DPOTrainer, SFTTrainer
 
     from rlrf_hub.models import resolve_model
@@ -135,18 +137,9 @@ def train_full(pairs, training_args, model_args, adapter_args: AdapterArguments)
         )
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise ValueError("load_in_4bit / load_in_8bit need use_peft: true (a quantized model cannot be trained fully)")
-    path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
-    model = AutoModelForCausalLM.from_pretrained(path, **init_kwargs)
+    tokenizer = recipe_scripts.load_tokenizer(model_args)
+    init_kwargs = recipe_scripts.model_init_kwargs(model_args, training_args)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(model_args.model_name_or_path), **init_kwargs)
     training_args.model_init_kwargs = None
     if adapter_args.method == "rs":
         dataset = pairs.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
@@ -187,12 +180,10 @@ def sft_config(training_args):
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import DPOConfig, ModelConfig, ScriptArguments, TrlParser
+    from trl import DPOConfig, ModelConfig, ScriptArguments
 
     dataclass_types = (ScriptArguments, DPOConfig, ModelConfig, AdapterArguments)
-    if subparsers is not None:
-        return subparsers.add_parser("dpo", help="Train an RLRF adapter with DPO", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+    return recipe_scripts.make_parser("dpo", "Train an RLRF adapter with DPO", dataclass_types, subparsers, prog)
 
 
 if __name__ == "__main__":

@@ -27,32 +27,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sft import MixtureScriptArguments, load_training_data, model_init_kwargs, save_outputs  # noqa: E402
+from rlrf_hub import recipe_scripts
+from rlrf_hub.recipe_scripts import MixtureScriptArguments
 
 REWARD_TASK_TYPE = "SEQ_CLS"
 
 
 def main(script_args: MixtureScriptArguments, training_args, model_args):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer, get_peft_config
 
     from rlrf_hub.models import resolve_model
 
     if model_args.use_peft and model_args.lora_task_type != REWARD_TASK_TYPE:
         model_args = dataclasses.replace(model_args, lora_task_type=REWARD_TASK_TYPE)
-    dataset = load_training_data(script_args, "preference")
-    model_path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    dataset = recipe_scripts.load_training_data(script_args, "preference")
+    tokenizer = recipe_scripts.load_tokenizer(model_args)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=1, **model_init_kwargs(model_args, training_args)
+        resolve_model(model_args.model_name_or_path),
+        num_labels=1,
+        **recipe_scripts.model_init_kwargs(model_args, training_args),
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     training_args.model_init_kwargs = None
@@ -64,7 +59,7 @@ def main(script_args: MixtureScriptArguments, training_args, model_args):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    written = save_outputs(
+    written = recipe_scripts.save_outputs(
         trainer,
         training_args,
         model_args,
@@ -73,20 +68,14 @@ def main(script_args: MixtureScriptArguments, training_args, model_args):
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
     )
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    result = {**written, "num_examples": len(dataset), "steps": trainer.state.global_step}
-    trainer.accelerator.print(json.dumps(result, indent=2))
-    return result
+    return recipe_scripts.finish(trainer, script_args, training_args, written, len(dataset))
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import ModelConfig, RewardConfig, TrlParser
+    from trl import ModelConfig, RewardConfig
 
     dataclass_types = (MixtureScriptArguments, RewardConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("reward", help="Train a reward model", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+    return recipe_scripts.make_parser("reward", "Train a reward model", dataclass_types, subparsers, prog)
 
 
 if __name__ == "__main__":

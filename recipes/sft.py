@@ -29,129 +29,22 @@ accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml 
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from trl import ScriptArguments
-
-ADAPTER_SUBDIR = "adapter"
-
-
-@dataclass
-class MixtureScriptArguments(ScriptArguments):
-    """TRL's script arguments plus a dataset mixture and what to write at the end.
-
-    Parameters:
-        dataset_mixture: list of `rlrf_hub.mixtures.MixtureSource` mappings; when set, `dataset_name` is ignored.
-        merge_adapter: with LoRA/QLoRA, merge the trained adapter into a full-precision copy of the base and save
-            that model to `output_dir` (the adapter goes to `output_dir/adapter`); otherwise save only the adapter.
-    """
-
-    dataset_mixture: list[dict] = field(
-        default_factory=list, metadata={"help": "Datasets to mix (YAML only): id|path, config, split, format, fields."}
-    )
-    merge_adapter: bool = field(
-        default=True, metadata={"help": "Merge a LoRA/QLoRA adapter into the base and save a full model."}
-    )
-
-
-def load_training_data(script_args: MixtureScriptArguments, kind: str):
-    """The mixture when `dataset_mixture` is set, else `dataset_name` read as a single source of the mixture."""
-    from rlrf_hub.mixtures import load_mixture
-
-    if script_args.dataset_mixture:
-        return load_mixture(script_args.dataset_mixture, kind)
-    if not script_args.dataset_name:
-        raise ValueError("dataset_mixture or dataset_name is required")
-    is_local = Path(script_args.dataset_name).exists()
-    source = {
-        "path" if is_local else "id": script_args.dataset_name,
-        "config": script_args.dataset_config,
-        "split": script_args.dataset_train_split,
-        "format": "messages" if kind == "sft" else "preference",
-    }
-    return load_mixture([source], kind)
-
-
-def model_init_kwargs(model_args, training_args) -> dict:
-    """How TRL's own scripts load the model, plus the embedded model names of this project."""
-    from trl import get_quantization_config
-
-    kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = quantized_device_map(training_args)
-    kwargs.update(training_args.model_init_kwargs or {})
-    return kwargs
-
-
-def quantized_device_map(training_args) -> dict | None:
-    """bitsandbytes quantizes while loading, so a 4-bit model goes to this process's device at once; FSDP and
-    DeepSpeed place parameters themselves (FSDP with QLoRA needs `bnb_4bit_quant_storage` set to the dtype)."""
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType
-
-    state = PartialState()
-    shards = state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if training_args.use_cpu or state.device.type == "cpu" or shards or training_args.fsdp or training_args.deepspeed:
-        return None
-    return {"": state.local_process_index}
-
-
-def merge_into_base(adapter_dir: Path, output_dir: Path, model_args, auto_class, **load_kwargs) -> None:
-    """Load the base unquantized in the recipe's dtype, apply the adapter, merge it, and save a plain model."""
-    from peft import PeftModel
-
-    from rlrf_hub.models import resolve_model
-
-    base = auto_class.from_pretrained(
-        resolve_model(model_args.model_name_or_path),
-        revision=model_args.model_revision,
-        dtype=model_args.dtype if model_args.dtype not in (None, "auto") else "float32",
-        **load_kwargs,
-    )
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(output_dir), safe_serialization=True)
-
-
-def save_outputs(trainer, training_args, model_args, script_args, auto_class, **load_kwargs) -> dict:
-    """Save the trained model (or adapter + merged model) and the tokenizer; returns where things went."""
-    output_dir = Path(training_args.output_dir)
-    peft = model_args.use_peft
-    target = output_dir / ADAPTER_SUBDIR if peft and script_args.merge_adapter else output_dir
-    if trainer.is_fsdp_enabled:
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(target))
-    written = {"output_dir": str(output_dir), "adapter_dir": str(target) if peft else None}
-    if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(str(output_dir))
-        if peft and script_args.merge_adapter:
-            merge_into_base(target, output_dir, model_args, auto_class, **load_kwargs)
-        metrics = {k: v for k, v in trainer.state.log_history[-1].items()} if trainer.state.log_history else {}
-        (output_dir / "training_metrics.json").write_text(json.dumps({**written, "metrics": metrics}, indent=2))
-    trainer.accelerator.wait_for_everyone()
-    return written
+from rlrf_hub import recipe_scripts
+from rlrf_hub.recipe_scripts import MixtureScriptArguments
 
 
 def main(script_args: MixtureScriptArguments, training_args, model_args):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer, get_peft_config
 
     from rlrf_hub.models import resolve_model
 
-    dataset = load_training_data(script_args, "sft")
-    model_path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, **model_init_kwargs(model_args, training_args))
+    dataset = recipe_scripts.load_training_data(script_args, "sft")
+    tokenizer = recipe_scripts.load_tokenizer(model_args)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(model_args.model_name_or_path), **recipe_scripts.model_init_kwargs(model_args, training_args)
+    )
     training_args.model_init_kwargs = None
     trainer = SFTTrainer(
         model=model,
@@ -161,21 +54,15 @@ def main(script_args: MixtureScriptArguments, training_args, model_args):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    written = save_outputs(trainer, training_args, model_args, script_args, AutoModelForCausalLM)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    result = {**written, "num_examples": len(dataset), "steps": trainer.state.global_step}
-    trainer.accelerator.print(json.dumps(result, indent=2))
-    return result
+    written = recipe_scripts.save_outputs(trainer, training_args, model_args, script_args, AutoModelForCausalLM)
+    return recipe_scripts.finish(trainer, script_args, training_args, written, len(dataset))
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig
 
     dataclass_types = (MixtureScriptArguments, SFTConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("sft", help="Joint SFT on a dataset mixture", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+    return recipe_scripts.make_parser("sft", "Joint SFT on a dataset mixture", dataclass_types, subparsers, prog)
 
 
 if __name__ == "__main__":

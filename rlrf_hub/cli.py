@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
             traceback.print_exc()
         print(f"rlrf-hub run: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    from .report import print_summary
+    from .summary import print_summary
 
     print_summary(summaries, title=f"RLRF run {recipe.run_name}")
     print(f"results: {recipe.output_dir.resolve()}")
@@ -77,8 +77,7 @@ def _model_prepare(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _summary(args: argparse.Namespace, rest: list[str]) -> int:
-    from .loop import IterationSummary
-    from .report import print_summary
+    from .summary import IterationSummary, print_summary
 
     path = Path(args.output_dir) / "summary.json"
     if not path.is_file():
@@ -97,18 +96,6 @@ def _lineage(args: argparse.Namespace, rest: list[str]) -> int:
     except FileNotFoundError as err:
         print(f"rlrf-hub lineage: error: {err}", file=sys.stderr)
         return 2
-    return 0
-
-
-def _hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
-    from .hub.server import DEFAULT_MAX_UPLOAD_BYTES, resolve_token, run_forever
-
-    try:
-        token = resolve_token(args.token, args.token_file)
-    except (OSError, ValueError) as err:
-        print(f"rlrf-hub hub serve: error: {err}", file=sys.stderr)
-        return 2
-    run_forever(args.root, args.host, args.port, token, args.max_upload_bytes or DEFAULT_MAX_UPLOAD_BYTES)
     return 0
 
 
@@ -141,23 +128,13 @@ def make_parser() -> argparse.ArgumentParser:
     lineage.set_defaults(handler=_lineage)
     hub = commands.add_parser("hub", help="the offline Hugging Face Hub")
     hub_commands = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+    from .hub import server as hub_server
+
     serve = hub_commands.add_parser("serve", help="serve the repositories stored under --root over the Hub's HTTP API")
-    serve.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port (default: 0, a free one; the URL is printed)")
-    serve.add_argument(
-        "--token",
-        default=None,
-        help="require `Authorization: Bearer TOKEN` for writes; other users see it in `ps`, so prefer "
-        "$RLRF_HUB_TOKEN or --token-file",
-    )
-    serve.add_argument("--token-file", default=None, help="read the write token from this file")
-    serve.add_argument(
-        "--max-upload-bytes", type=int, default=None, help="largest LFS file or commit body accepted (default: 50 GiB)"
-    )
-    serve.set_defaults(handler=_hub_serve)
+    hub_server.add_serve_arguments(serve)
+    serve.set_defaults(handler=hub_server.serve_command)
+    from . import report as report_cmd
     from .evaluation import cli as evaluate_cli
-    from .evaluation import report_cmd
     from .serving import cli as serve_cli
 
     for command in (report_cmd, evaluate_cli, serve_cli):

@@ -11,52 +11,34 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .errors import RecipeError, read_utf8
 from .models import EMBEDDED_MODEL
 from .schemas import TASKS
+from .stages.settings import PromptSource
+
+if TYPE_CHECKING:
+    from .publishing import PublishSettings
+    from .stages.settings import RunSettings
 
 PAIRINGS = ("rlrf", "reward_only", "rs")
 REFERENCE_MODELS = ("m0", "previous")
 ASPECT_MODES = ("paper", "all")
 FEEDBACK_BACKENDS = ("in_process", "endpoint", "serve")
-
-
-class RecipeError(ValueError):
-    """A recipe value is wrong; the message names the field."""
-
-
-@dataclass
-class PromptSource:
-    """One source of RL prompts.
-
-    Parameters:
-        path: a `.jsonl`/`.json` file, a folder of them, or a Hub dataset id.
-        task: `general`, `math` or `bio`; decides which aspects are rated and with what reference.
-        prompt_field: column holding the prompt text.
-        reference_field: column holding the reference (math solution); `None` for none.
-        reference_file: for bio prompts, a JSON file `{title: text | {"extract": text}}` looked up by `entity_field`.
-        entity_field: column naming the entity whose reference text is looked up in `reference_file`.
-        prompt_template: build the prompt from row fields instead, e.g. `"Tell me a bio of {topic}."`.
-        require_reference: keep only rows that have a reference.
-        max_reference_chars: references are cut to this many characters (context budget).
-        name / split: dataset config and split when `path` is a Hub dataset id.
-        limit / offset: take rows `offset .. offset + limit` of the source (after `require_reference`).
-    """
-
-    path: str
-    task: str
-    prompt_field: str = "prompt"
-    reference_field: str | None = None
-    reference_file: str | None = None
-    entity_field: str | None = None
-    prompt_template: str | None = None
-    require_reference: bool = False
-    max_reference_chars: int = 3000
-    name: str | None = None
-    split: str = "train"
-    limit: int | None = None
-    offset: int = 0
+WHOLE_NUMBERS = (
+    "num_candidates",
+    "num_refinements",
+    "max_new_tokens",
+    "generation_batch_size",
+    "feedback_max_new_tokens",
+    "feedback_batch_size",
+    "num_general_aspects",
+    "top_k",
+    "num_iterations",
+    "max_prompt_tokens",
+    "reward_batch_size",
+)
 
 
 @dataclass
@@ -221,10 +203,6 @@ class RLRFArguments:
         if isinstance(self.eval_tasks, str):
             self.eval_tasks = [t.strip() for t in self.eval_tasks.split(",") if t.strip()]
 
-    def pairing_for(self, iteration: int) -> str:
-        rules = [r.strip() for r in self.pairing.split(",")]
-        return rules[min(iteration, len(rules) - 1)]
-
 
 def _as_source(value: Any, index: int) -> PromptSource:
     if isinstance(value, PromptSource):
@@ -257,6 +235,60 @@ class Recipe:
     @property
     def run_name(self) -> str:
         return self.training.run_name or self.output_dir.name
+
+
+def run_settings(recipe: Recipe) -> RunSettings:
+    """The recipe as the plain settings each stage reads."""
+    from .backends.factory import EndpointSettings
+    from .feedback.judge import FeedbackSettings
+    from .sharding import Shard
+    from .stages import settings as s
+
+    r, m, t = recipe.rlrf, recipe.model, recipe.training
+    return s.RunSettings(
+        run_name=recipe.run_name,
+        output_dir=recipe.output_dir,
+        num_iterations=r.num_iterations,
+        policy=s.PolicySettings(
+            m.model_name_or_path, m.model_revision, t.seed, r.policy_backend, tuple(r.policy_endpoint)
+        ),
+        prompts=s.PromptSettings(tuple(r.prompt_sources), r.max_prompt_tokens, r.long_prompts),
+        sampling=s.SamplingSettings(
+            r.num_candidates, r.num_refinements, r.temperature, r.top_p, r.max_new_tokens, r.generation_batch_size
+        ),
+        feedback=_pick(FeedbackSettings, r),
+        judge=s.JudgeSettings(r.feedback_backend, tuple(r.feedback_endpoint)),
+        reward=_pick(s.RewardSettings, r),
+        pairing=_pick(s.PairingSettings, r),
+        train=s.TrainSettings(m, t, r.reference_model),
+        evaluate=s.EvaluateSettings(
+            tuple(r.eval_tasks),
+            r.eval_limit,
+            r.eval_judge,
+            r.eval_knowledge_source,
+            r.eval_gsm8k_data,
+            r.eval_just_eval_data,
+            r.eval_judge_template,
+            r.eval_max_new_tokens,
+        ),
+        endpoints=EndpointSettings(
+            r.endpoint_dialect, r.endpoint_concurrency, r.endpoint_timeout, r.endpoint_max_retries
+        ),
+        shard=Shard.parse(r.shard),
+        shard_wait_timeout=r.shard_wait_timeout,
+    )
+
+
+def publish_settings(recipe: Recipe) -> PublishSettings:
+    from .publishing import PublishSettings
+
+    return _pick(PublishSettings, recipe.rlrf, run_name=recipe.run_name, output_dir=recipe.output_dir)
+
+
+def _pick(settings_class, args, **values):
+    """`settings_class` filled from the attributes of `args` that have its fields' names."""
+    names = {f.name for f in dataclasses.fields(settings_class)} - set(values)
+    return settings_class(**{name: getattr(args, name) for name in names if hasattr(args, name)}, **values)
 
 
 def make_parser():
@@ -314,21 +346,6 @@ def _reject_unknown_keys(parser, args: list[str]) -> None:
         raise RecipeError(f"unknown recipe key(s) in {path}: {', '.join(unknown)}")
 
 
-def read_utf8(path: Path, field_name: str) -> str:
-    """The text of `path`; a byte that is not UTF-8 is a `RecipeError` naming the file, line and byte offset."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise RecipeError(f"{field_name}: cannot read {path}: {err.strerror or err} (check the path)") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise RecipeError(
-            f"{field_name}: {path} line {line} (byte {err.start}) is not UTF-8: {err.reason} (save the file as UTF-8)"
-        ) from None
-
-
 def _explain(err: Exception) -> str:
     text = str(err)
     if text.startswith("Unknown arguments from config file"):
@@ -346,6 +363,21 @@ def _require(condition: bool, field_name: str, message: str) -> None:
 def validate(recipe: Recipe) -> None:
     """Check values the dataclasses cannot: ranges, choices and that local files exist."""
     r = recipe.rlrf
+    _validate_prompt_sources(r)
+    _validate_sizes(r)
+    _require(r.aspect_mode in ASPECT_MODES, "aspect_mode", f"must be one of {ASPECT_MODES}")
+    _require(r.feedback_backend in FEEDBACK_BACKENDS, "feedback_backend", f"must be one of {FEEDBACK_BACKENDS}")
+    for task in r.verifier_tasks:
+        _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
+    _validate_endpoints(r)
+    _validate_pairing(r)
+    _validate_publishing(r)
+    _validate_evaluation(r)
+    _require(recipe.training.beta > 0, "beta", "must be > 0")
+    _require(recipe.training.learning_rate > 0, "learning_rate", "must be > 0")
+
+
+def _validate_prompt_sources(r: RLRFArguments) -> None:
     _require(bool(r.prompt_sources), "prompt_sources", "at least one prompt source is required")
     for i, source in enumerate(r.prompt_sources):
         where = f"prompt_sources[{i}]"
@@ -363,19 +395,12 @@ def validate(recipe: Recipe) -> None:
             )
         _require(source.limit is None or source.limit > 0, f"{where}.limit", "must be positive")
         _require(source.offset >= 0, f"{where}.offset", "must be >= 0")
-    for name in (
-        "num_candidates",
-        "num_refinements",
-        "max_new_tokens",
-        "generation_batch_size",
-        "feedback_max_new_tokens",
-        "feedback_batch_size",
-        "num_general_aspects",
-        "top_k",
-        "num_iterations",
-        "max_prompt_tokens",
-        "reward_batch_size",
-    ):
+    _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
+
+
+def _validate_sizes(r: RLRFArguments) -> None:
+    """Counts, lengths and sampling values."""
+    for name in WHOLE_NUMBERS:
         value = getattr(r, name)
         _require(isinstance(value, int) and value >= 1, name, f"must be a whole number >= 1, got {value!r}")
     _require(r.num_candidates >= 2, "num_candidates", "needs at least 2 candidates to pair")
@@ -384,9 +409,9 @@ def validate(recipe: Recipe) -> None:
     _require(r.temperature > 0, "temperature", f"must be > 0, got {r.temperature}")
     _require(0 < r.top_p <= 1, "top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.feedback_temperature >= 0, "feedback_temperature", "must be >= 0")
-    _require(r.aspect_mode in ASPECT_MODES, "aspect_mode", f"must be one of {ASPECT_MODES}")
-    _require(r.feedback_backend in FEEDBACK_BACKENDS, "feedback_backend", f"must be one of {FEEDBACK_BACKENDS}")
-    _validate_endpoints(r)
+
+
+def _validate_pairing(r: RLRFArguments) -> None:
     _require(r.reference_model in REFERENCE_MODELS, "reference_model", f"must be one of {REFERENCE_MODELS}")
     for rule in r.pairing.split(","):
         _require(rule.strip() in PAIRINGS, "pairing", f"{rule!r} is not one of {PAIRINGS}")
@@ -395,6 +420,10 @@ def validate(recipe: Recipe) -> None:
             "reward_model",
             "pairing `reward_only` ranks candidates by reward alone and needs a reward model",
         )
+
+
+def _validate_publishing(r: RLRFArguments) -> None:
+    """The Hub, its namespace and retries, checkpoint pushes and sharding (whose workers meet on a Hub)."""
     _require(
         r.hub_endpoint in (None, "offline", "none") or r.hub_endpoint.startswith(("http://", "https://")),
         "hub_endpoint",
@@ -405,7 +434,12 @@ def validate(recipe: Recipe) -> None:
         "hub_namespace",
         f"is needed to publish to {r.hub_endpoint}",
     )
-    _require(r.long_prompts in ("error", "drop"), "long_prompts", f"must be `error` or `drop`, got {r.long_prompts!r}")
+    if r.hub_namespace:
+        _require(
+            "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
+            "hub_namespace",
+            f"must be a user or organisation name, got {r.hub_namespace!r}",
+        )
     _require(r.hub_max_retries >= 0, "hub_max_retries", "must be >= 0")
     _require(r.checkpoint_push_interval >= 0, "checkpoint_push_interval", "must be >= 0 seconds")
     if r.shard is not None:
@@ -421,17 +455,6 @@ def validate(recipe: Recipe) -> None:
             "the workers of a sharded run meet on a Hub; set hub_endpoint (or leave it unset), not `none`",
         )
     _require(r.shard_wait_timeout > 0, "shard_wait_timeout", "must be > 0 seconds")
-    _validate_evaluation(r)
-    if r.hub_namespace:
-        _require(
-            "/" not in r.hub_namespace and r.hub_namespace.strip() == r.hub_namespace,
-            "hub_namespace",
-            f"must be a user or organisation name, got {r.hub_namespace!r}",
-        )
-    for task in r.verifier_tasks:
-        _require(task == "math", "verifier_tasks", f"only `math` has a verifier, got {task!r}")
-    _require(recipe.training.beta > 0, "beta", "must be > 0")
-    _require(recipe.training.learning_rate > 0, "learning_rate", "must be > 0")
 
 
 def _validate_endpoints(r: RLRFArguments) -> None:

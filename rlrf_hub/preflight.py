@@ -48,7 +48,7 @@ def _check_eval_judge(recipe: Recipe) -> None:
     if re.match(r"https?://", judge):
         check_endpoints("eval_judge", [judge], recipe)
         return
-    from .evaluation.cli import split_revision
+    from .evaluation.judging import split_revision
 
     try:
         name, revision = split_revision(judge)

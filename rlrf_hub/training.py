@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Recipe
 from .models import resolve_model
 
 METHODS = ("dpo", "rs")
@@ -54,7 +53,8 @@ class TrainResult:
 
 def train_adapter(
     pairs,
-    recipe: Recipe,
+    model_args,
+    training_args,
     output_dir: str | Path,
     init_adapter: str | None = None,
     reference_adapter: str | None = None,
@@ -65,8 +65,9 @@ def train_adapter(
     Args:
         pairs: a `datasets.Dataset` with conversational `prompt`, `chosen` and `rejected` columns; other columns
             are dropped. For `rs` only `prompt` and `chosen` are used.
-        recipe: the run's recipe; `recipe.model` gives the base and LoRA settings, `recipe.training` the trainer
-            arguments (its `output_dir`, saving, evaluation and Hub pushes are controlled here).
+        model_args: TRL's `ModelConfig`: the base and the LoRA settings.
+        training_args: TRL's `DPOConfig`: the trainer arguments (its `output_dir`, saving, evaluation and Hub pushes
+            are controlled here).
         output_dir: the adapter folder; replaced as a whole when training completes.
         init_adapter: an adapter folder or Hub id to continue training; a fresh LoRA when `None`.
         reference_adapter: DPO reference = base + this adapter (frozen); the base itself when `None`.
@@ -80,12 +81,12 @@ def train_adapter(
     workdir = output_dir.with_name(f".{output_dir.name}-partial-{uuid.uuid4().hex[:8]}")
     workdir.mkdir()
     try:
-        trainer = _build_trainer(dataset, recipe, workdir, init_adapter, reference_adapter, method)
+        trainer = _build_trainer(dataset, model_args, training_args, workdir, init_adapter, reference_adapter, method)
         output = trainer.train()
         log_history = list(trainer.state.log_history)
         metrics = summarize_logs(log_history, output.training_loss, trainer.state.global_step)
         metrics["num_examples"] = len(dataset)
-        _save_adapter(trainer, recipe, workdir, metrics, method, init_adapter, reference_adapter)
+        _save_adapter(trainer, model_args, workdir, metrics, method, init_adapter, reference_adapter)
         if trainer.accelerator.is_main_process:
             _publish(workdir, output_dir)
         trainer.accelerator.wait_for_everyone()
@@ -109,17 +110,17 @@ def _training_dataset(pairs, method: str):
     return dataset
 
 
-def _build_trainer(dataset, recipe: Recipe, workdir: Path, init_adapter, reference_adapter, method: str):
-    tokenizer = _load_tokenizer(recipe.model)
+def _build_trainer(dataset, model_args, training_args, workdir: Path, init_adapter, reference_adapter, method: str):
+    tokenizer = _load_tokenizer(model_args)
     if method == "dpo":
         from trl import DPOTrainer
 
-        args = _copy_config(recipe.training, "DPOConfig", workdir, precompute_ref_log_probs=False)
+        args = _copy_config(training_args, "DPOConfig", workdir, precompute_ref_log_probs=False)
     else:
         from trl import SFTTrainer
 
-        args = _copy_config(recipe.training, "SFTConfig", workdir)
-    model, peft_config = _load_policy(recipe.model, args, init_adapter)
+        args = _copy_config(training_args, "SFTConfig", workdir)
+    model, peft_config = _load_policy(model_args, args, init_adapter)
     trainer_cls = DPOTrainer if method == "dpo" else SFTTrainer
     trainer = trainer_cls(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
@@ -257,18 +258,18 @@ def summarize_logs(log_history: list[dict], train_loss: float, steps: int) -> di
     return metrics
 
 
-def _save_adapter(trainer, recipe: Recipe, workdir: Path, metrics, method, init_adapter, reference_adapter) -> None:
+def _save_adapter(trainer, model_args, workdir: Path, metrics, method, init_adapter, reference_adapter) -> None:
     """Save the trained adapter only (the reference adapter is dropped first) with the tokenizer and the metrics."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if REFERENCE_ADAPTER in model.peft_config:
         model.delete_adapter(REFERENCE_ADAPTER)
     trainer.save_model(str(workdir))
     if trainer.accelerator.is_main_process:
-        _record_base(workdir, recipe.model.model_name_or_path)
+        _record_base(workdir, model_args.model_name_or_path)
         record = {
             "method": method,
-            "base_model": recipe.model.model_name_or_path,
-            "base_revision": recipe.model.model_revision,
+            "base_model": model_args.model_name_or_path,
+            "base_revision": model_args.model_revision,
             "init_adapter": init_adapter,
             "reference_adapter": reference_adapter,
             "metrics": metrics,

@@ -148,25 +148,25 @@ def test_recipes_switch_stages_to_endpoints_by_configuration(server, adapter_dir
 
     from conftest import tiny_recipe, write_recipe
 
-    from rlrf_hub.backends import factory
-    from rlrf_hub.config import parse_recipe
+    from rlrf_hub.config import parse_recipe, run_settings
+    from rlrf_hub.stages.backends import judge_backend, policy_backend
 
     settings = {"policy_backend": "endpoint", "policy_endpoint": server.url, "feedback_backend": "serve"}
     path = write_recipe(tmp_path / "recipe.yaml", **tiny_recipe(data_dir, tmp_path / "out", **settings))
     recipe = parse_recipe(["--config", str(path), "--endpoint_dialect", "openai", "--endpoint_concurrency", "3"])
-    policy = factory.policy_backend(recipe, adapter_dir)
+    policy = policy_backend(run_settings(recipe), adapter_dir)
     assert isinstance(policy, EndpointBackend) and policy.adapter == adapter_dir
     assert (policy.model_id, policy.urls, policy.concurrency) == ("embedded:tiny", [server.url], 3)
     assert policy.dialects == {server.url: "openai"}
 
-    judge_backend = factory.judge_backend(recipe)  # `serve`: starts rlrf-hub serve for the judge
-    assert isinstance(judge_backend, EndpointBackend) and judge_backend.model_id == "embedded:tiny"
-    served_url = judge_backend.urls[0]
-    assert served_url != server.url and judge_backend.adapter is None
+    judge = judge_backend(run_settings(recipe))  # `serve`: starts rlrf-hub serve for the judge
+    assert isinstance(judge, EndpointBackend) and judge.model_id == "embedded:tiny"
+    served_url = judge.urls[0]
+    assert served_url != server.url and judge.adapter is None
     request = GenerationRequest([{"role": "user", "content": "Hi"}], json_schema={"type": "boolean"})
-    reply = judge_backend.generate([request], SamplingParams(max_new_tokens=8, seed=1))[0][0]
+    reply = judge.generate([request], SamplingParams(max_new_tokens=8, seed=1))[0][0]
     assert reply.text in ("true", "false")
-    del judge_backend, reply
+    del judge, reply
     gc.collect()  # what the loop does when a stage no longer needs its backends
     with pytest.raises(EndpointUnavailableError):
         EndpointBackend(served_url, retry=FAST_RETRY)

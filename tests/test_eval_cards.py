@@ -16,21 +16,13 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from rlrf_hub.cards import adapter_card
-from rlrf_hub.evaluation.card_results import (
-    ResultsError,
-    eval_results_files,
-    find_evaluation,
-    labelled_reports,
-    model_index,
-    model_label,
-    publish_evaluation,
-    publish_results,
-    update_card,
-)
+from rlrf_hub.cards.results import eval_results_files, model_index, update_card
+from rlrf_hub.cards.tables import ResultsError, labelled_reports, model_label
 from rlrf_hub.evaluation.results import EvaluationReport, TaskResult
-from rlrf_hub.hub.publisher import HubPublisher
 from rlrf_hub.hub.server import serve
 from rlrf_hub.publishing import FolderPublisher
+from rlrf_hub.publishing.hub import HubPublisher
+from rlrf_hub.publishing.results import publish_results
 
 TOKEN = "hf_test_secret_token_0123456789"
 JUDGE = "judge-org/judge-7b@0123abc"
@@ -191,11 +183,11 @@ def test_results_commit_keeps_iteration_tags_and_peft_loads(hub, tmp_path, tiny_
     m1 = _tiny_adapter(tiny_model, publisher.adapter_dir(1), seed=1)
     iter1 = publisher.publish_adapter(1, lineage(1), {"train_loss": 0.69}, {"beta": 0.1}).revision
 
-    assert find_evaluation(publisher, 1) is None
-    published = publish_evaluation(publisher, 1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, repo)])
-    assert find_evaluation(publisher, 1) == make_report(1, 0.25, 0.5, 3.5, repo), "a resumed run finds it"
-    assert find_evaluation(publisher, 1, "M0") == make_report(0, 0.2, 0.4, 3.1)
-    assert find_evaluation(publisher, 2) is None
+    assert publisher.find_results(1) is None
+    published = publisher.publish_results(1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, repo)])
+    assert publisher.find_results(1) == make_report(1, 0.25, 0.5, 3.5, repo), "a resumed run finds it"
+    assert publisher.find_results(1, "M0") == make_report(0, 0.2, 0.4, 3.1)
+    assert publisher.find_results(2) is None
     tags = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo).tags}
     assert tags == {"iter-1": iter1, "iter-1-eval": published.revision}
     assert [c.commit_id for c in api.list_repo_commits(repo)][:2] == [published.revision, iter1]
@@ -204,14 +196,14 @@ def test_results_commit_keeps_iteration_tags_and_peft_loads(hub, tmp_path, tiny_
     assert {"eval/gsm8k.png", "eval/factscore.png", "eval/just_eval.png", "adapter_model.safetensors"} <= files
     unchanged = set(api.list_repo_files(repo, revision="iter-1")) - {".gitattributes"}
     assert unchanged == set(os.listdir(publisher.adapter_dir(1))), "the adapter's tag still names the adapter alone"
-    again = publish_evaluation(publisher, 1, [make_report(1, 0.25, 0.5, 3.5, repo)])
+    again = publisher.publish_results(1, [make_report(1, 0.25, 0.5, 3.5, repo)])
     assert again.revision == published.revision, "the same results again change nothing"
 
     _tiny_adapter(tiny_model, publisher.adapter_dir(2), seed=2)
     iter2 = publisher.publish_adapter(2, lineage(2), {"train_loss": 0.6}, {"beta": 0.1}).revision
     with pytest.raises(ResultsError, match="different adapter"):
         publish_results(api, repo, "iter-1", [make_report(1, 0.3, 0.5, 3.5, repo)])
-    second = publish_evaluation(publisher, 2, [make_report(2, 0.3, 0.55, 3.4, repo)])
+    second = publisher.publish_results(2, [make_report(2, 0.3, 0.55, 3.4, repo)])
 
     tags = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo).tags}
     assert tags == {
@@ -255,12 +247,10 @@ def test_folder_publisher_gets_the_same_card(tmp_path):
         _fake_adapter(publisher.adapter_dir(t), bytes([t]) * 64)
         publisher.publish_adapter(t, lineage(t), {"train_loss": 0.6}, {"beta": 0.1})
     before = publisher.find_adapter(2)
-    publish_evaluation(publisher, 1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, "x/M1")])
-    publish_evaluation(publisher, 2, {"M2": make_report(2, 0.3, 0.55, 3.4, "x/M2")})
+    publisher.publish_results(1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, "x/M1")])
+    publisher.publish_results(2, {"M2": make_report(2, 0.3, 0.55, 3.4, "x/M2")})
 
-    assert find_evaluation(publisher, 2) == make_report(2, 0.3, 0.55, 3.4, "x/M2") and not find_evaluation(
-        publisher, 3
-    )
+    assert publisher.find_results(2) == make_report(2, 0.3, 0.55, 3.4, "x/M2") and not publisher.find_results(3)
     folder = publisher.adapter_dir(2)
     assert publisher.find_adapter(2) == before, "results do not change the adapter's revision"
     assert sorted(p.name for p in (folder / "eval").iterdir() if p.is_dir()) == ["M0", "M1", "M2"]
@@ -280,4 +270,4 @@ def test_folder_publisher_gets_the_same_card(tmp_path):
         ("results", "M2"),
     ]
     with pytest.raises(ResultsError, match="M1"):
-        publish_evaluation(publisher, 0, [make_report(0, 0.2, 0.4, 3.1)])
+        publisher.publish_results(0, [make_report(0, 0.2, 0.4, 3.1)])

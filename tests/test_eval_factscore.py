@@ -4,7 +4,8 @@ import math
 import pytest
 
 from rlrf_hub.backends.base import Generation
-from rlrf_hub.evaluation.card_results import headline_table, model_index
+from rlrf_hub.cards.results import model_index
+from rlrf_hub.cards.tables import headline_table
 from rlrf_hub.evaluation.cli import format_report
 from rlrf_hub.evaluation.factscore import (
     BM25,

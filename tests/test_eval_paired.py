@@ -6,7 +6,7 @@ from statistics import NormalDist
 
 import pytest
 
-from rlrf_hub.evaluation.card_results import paired_against, paired_table, plumbing_check
+from rlrf_hub.cards.tables import paired_against, paired_table, plumbing_check
 from rlrf_hub.evaluation.results import EvaluationReport, TaskResult
 from rlrf_hub.evaluation.stats import (
     BINARY_METHOD,

@@ -13,10 +13,10 @@ import torch
 from conftest import hf_clients
 from huggingface_hub import DatasetCard, HfApi, ModelCard, hf_hub_download
 
-from rlrf_hub.hub.publisher import HubPublisher, PublishConflictError
 from rlrf_hub.hub.server import serve
 from rlrf_hub.ids import prompt_id, response_id
 from rlrf_hub.publishing import Published
+from rlrf_hub.publishing.hub import HubPublisher, PublishConflictError
 
 TOKEN = "hf_test_secret_token_0123456789"
 
@@ -83,7 +83,7 @@ def _commits(repo_id: str, repo_type: str) -> list[str]:
 
 _FRESH_READER = """
 import json, sys
-from rlrf_hub.hub.publisher import HubPublisher
+from rlrf_hub.publishing.hub import HubPublisher
 from datasets import load_dataset
 
 url, work_dir = sys.argv[1:3]
@@ -106,9 +106,11 @@ def test_stages_are_tagged_commits_that_a_fresh_process_loads(hub, tmp_path):
     publisher = HubPublisher("alice", "run", tmp_path / "work", endpoint=hub, token=TOKEN)
     assert publisher.find("prompts", 0) is None
     prompts = _prompt_rows(3)
-    prompts_pub = publisher.publish_dataset("prompts", 0, prompts, _lineage("prompts", 0))
+    prompts_pub = publisher.publish_dataset("prompts", 0, prompts, _lineage("prompts", 0), "rows")
     candidates = _candidate_rows(prompts, 0)
-    candidates_pub = publisher.publish_dataset("candidates", 0, candidates, _lineage("candidates", 0, [prompts_pub]))
+    candidates_pub = publisher.publish_dataset(
+        "candidates", 0, candidates, _lineage("candidates", 0, [prompts_pub]), "rows"
+    )
     assert candidates_pub == Published("dataset", "candidates", 0, "alice/run-candidates", candidates_pub.revision)
     assert publisher.find("candidates", 0) == candidates_pub
 
@@ -155,9 +157,9 @@ def test_stages_are_tagged_commits_that_a_fresh_process_loads(hub, tmp_path):
 def test_each_iteration_is_one_commit_and_tags_are_never_moved(hub, tmp_path):
     publisher = HubPublisher("bob", "run", tmp_path / "work", endpoint=hub, token=TOKEN)
     prompts = _prompt_rows(2)
-    first = publisher.publish_dataset("candidates", 0, _candidate_rows(prompts, 0), _lineage("candidates", 0))
+    first = publisher.publish_dataset("candidates", 0, _candidate_rows(prompts, 0), _lineage("candidates", 0), "rows")
     before = _commits("bob/run-candidates", "dataset")
-    second = publisher.publish_dataset("candidates", 1, _candidate_rows(prompts, 1), _lineage("candidates", 1))
+    second = publisher.publish_dataset("candidates", 1, _candidate_rows(prompts, 1), _lineage("candidates", 1), "rows")
     after = _commits("bob/run-candidates", "dataset")
     assert after == [second.revision, *before] and first.revision == before[0]
     refs = HfApi().list_repo_refs("bob/run-candidates", repo_type="dataset")
@@ -165,11 +167,13 @@ def test_each_iteration_is_one_commit_and_tags_are_never_moved(hub, tmp_path):
     shards = [f for f in HfApi().list_repo_files("bob/run-candidates", repo_type="dataset", revision="iter-1")]
     assert len([f for f in shards if f.endswith(".parquet")]) == 1, shards
 
-    again = publisher.publish_dataset("candidates", 0, _candidate_rows(prompts, 0), _lineage("candidates", 0))
+    again = publisher.publish_dataset("candidates", 0, _candidate_rows(prompts, 0), _lineage("candidates", 0), "rows")
     assert again.revision == first.revision
     assert _commits("bob/run-candidates", "dataset") == after
     with pytest.raises(PublishConflictError, match="iter-0") as caught:
-        publisher.publish_dataset("candidates", 0, _candidate_rows(_prompt_rows(3), 0), _lineage("candidates", 0))
+        publisher.publish_dataset(
+            "candidates", 0, _candidate_rows(_prompt_rows(3), 0), _lineage("candidates", 0), "rows"
+        )
     assert TOKEN not in str(caught.value)
     assert publisher.load("candidates", 1)["response_id"] == [r["response_id"] for r in _candidate_rows(prompts, 1)]
 

@@ -5,9 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlrf_hub.ids import prompt_id, response_id
-from rlrf_hub.pairs import build_pairs, is_positive, pair_stats, select_for_refinement
 from rlrf_hub.reward import ranking_key
 from rlrf_hub.schemas import PAIRS, to_dataset
+from rlrf_hub.stages.pairs import build_pairs, is_positive, pair_stats, select_for_refinement
 
 REFLECTION = "REFLECT: improve the answer below using the feedback."
 REWARDS = st.sampled_from([-1.5, 0.0, 0.25, 1.0, 2.0])

@@ -5,12 +5,11 @@ import json
 import pytest
 from datasets import load_dataset
 
-from rlrf_hub.checkpoint import StageCheckpoint
 from rlrf_hub.config import PromptSource, RecipeError
 from rlrf_hub.ids import prompt_id, response_id
-from rlrf_hub.prompts import build_prompts
-from rlrf_hub.publishing import FolderPublisher
+from rlrf_hub.publishing import FolderPublisher, StageCheckpoint
 from rlrf_hub.schemas import PROMPTS
+from rlrf_hub.stages.prompts import build_prompts
 
 
 def test_prompt_id_ignores_cosmetic_whitespace():
@@ -78,7 +77,7 @@ def test_published_stage_loads_with_load_dataset_and_has_a_card(tmp_path):
     publisher = FolderPublisher(tmp_path)
     rows = _prompt_rows(5)
     lineage = {"run": "r", "stage": "prompts", "iteration": 0, "counts": {"rows": 5}}
-    published = publisher.publish_dataset("prompts", 0, rows, lineage)
+    published = publisher.publish_dataset("prompts", 0, rows, lineage, "rows")
     dataset = load_dataset(published.location, split="train")
     assert dataset.features == PROMPTS
     assert dataset["prompt_id"] == [r["prompt_id"] for r in rows]
@@ -107,7 +106,9 @@ def test_two_folders_of_one_stage_never_share_a_cache(tmp_path):
     for index in range(2):
         publisher = FolderPublisher(tmp_path / f"run{index}")
         rows = _prompt_rows(index + 2)
-        published = publisher.publish_dataset("prompts", 0, rows, {"run": "r", "stage": "prompts", "iteration": 0})
+        published = publisher.publish_dataset(
+            "prompts", 0, rows, {"run": "r", "stage": "prompts", "iteration": 0}, "rows"
+        )
         loaded.append(load_dataset(published.location, split="train")["prompt_id"])
     assert loaded == [[r["prompt_id"] for r in _prompt_rows(2)], [r["prompt_id"] for r in _prompt_rows(3)]]
 
@@ -134,7 +135,7 @@ def test_checkpoint_survives_reopening(tmp_path):
 
 def test_long_prompts_stop_the_run_or_are_dropped():
     from rlrf_hub.config import RecipeError
-    from rlrf_hub.prompts import check_prompt_lengths
+    from rlrf_hub.stages.prompts import check_prompt_lengths
 
     rows = [{"prompt_id": f"p{n}", "prompt": "w " * n, "source": "s.jsonl"} for n in (3, 12, 5)]
 
@@ -149,7 +150,7 @@ def test_long_prompts_stop_the_run_or_are_dropped():
 
 def test_a_template_that_does_not_fit_a_row_names_the_source(tmp_path):
     from rlrf_hub.config import PromptSource, RecipeError
-    from rlrf_hub.prompts import build_prompts
+    from rlrf_hub.stages.prompts import build_prompts
 
     data = tmp_path / "chats.jsonl"
     data.write_text('{"conversations": []}\n')

@@ -566,7 +566,7 @@ def test_cpu_gsm8k_recipe_evaluates_held_out_items_and_reports_paired_difference
     recipe = edited_copy(recipe, tmp_path / "with-general", lambda values: values["prompt_sources"].append(general))
     output_dir = run_loop(recipe, tmp_path, None, tasks=("math", "general"), eval_limit=4, eval_max_new_tokens=8)
 
-    from rlrf_hub.evaluation.card_results import read_folder_results
+    from rlrf_hub.publishing.results import read_folder_results
 
     reports = read_folder_results(output_dir / "adapters" / "M1")
     gsm8k = {label: next(r for r in reports[label].results if r.task == "gsm8k") for label in ("M0", "M1")}

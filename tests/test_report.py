@@ -11,11 +11,10 @@ import pytest
 from conftest import hf_clients
 
 from rlrf_hub.cli import main
-from rlrf_hub.evaluation.card_results import publish_evaluation
 from rlrf_hub.evaluation.results import EvaluationReport, TaskResult
-from rlrf_hub.hub.publisher import HubPublisher
 from rlrf_hub.hub.server import serve
 from rlrf_hub.publishing import FolderPublisher
+from rlrf_hub.publishing.hub import HubPublisher
 
 JUDGE = "judge-org/judge-7b@0123abc"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,9 +80,9 @@ def publish_run(publisher) -> None:
         (folder / "adapter_model.safetensors").write_bytes(bytes([t]) * 128)
         publisher.publish_adapter(t, lineage(t), {"train_loss": 0.6}, {"beta": 0.1})
         if t == 1:
-            publish_evaluation(publisher, 1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, repo)])
+            publisher.publish_results(1, [make_report(0, 0.2, 0.4, 3.1), make_report(1, 0.25, 0.5, 3.5, repo)])
     baseline = make_report(1, 0.21, 0.35, 3.2, "ns/run-reward-only-adapter")
-    publish_evaluation(publisher, 2, {"M2": make_report(2, 0.3, 0.55, 3.4, repo), "M1-reward-only": baseline})
+    publisher.publish_results(2, {"M2": make_report(2, 0.3, 0.55, 3.4, repo), "M1-reward-only": baseline})
 
 
 # (row start, row end) of the paired table: exact McNemar p of 2 / 0 discordant items is 2 / 2**2, of 4 / 0 2 / 2**4.
@@ -184,7 +183,7 @@ def test_report_publishes_baselines_on_the_hub_card(hub, tmp_path):
     assert main([*args, "--publish"]) == 0
     from huggingface_hub import HfApi
 
-    from rlrf_hub.evaluation.card_results import read_hub_results
+    from rlrf_hub.publishing.results import read_hub_results
 
     api = HfApi(endpoint=hub)
     reports, _ = read_hub_results(api, "ivy/run-adapter")

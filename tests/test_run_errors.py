@@ -81,7 +81,7 @@ def test_a_math_row_without_reference_is_an_error_unless_such_rows_are_left_out(
     assert "require_reference: true" in message
 
     from rlrf_hub.config import PromptSource
-    from rlrf_hub.prompts import build_prompts
+    from rlrf_hub.stages.prompts import build_prompts
 
     kept = build_prompts([PromptSource(**source, require_reference=True)])
     assert [row["prompt"] for row in kept] == ["1+1?"]

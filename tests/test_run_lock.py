@@ -129,8 +129,8 @@ def test_the_lock_file_never_holds_a_token():
 def test_runs_sharing_a_run_name_never_resume_from_each_others_parts(tmp_path, data_dir, tiny_model, monkeypatch):
     """Run A dies in its candidates with parts pushed to the Hub; run B, same run_name and Hub but another seed and
     output_dir, must sample its own candidates instead of publishing A's parts as its own."""
-    from rlrf_hub.backends import factory
     from rlrf_hub.backends.transformers_backend import TransformersBackend
+    from rlrf_hub.stages import backends
 
     server, url = serve(tmp_path / "store")
     try:
@@ -165,10 +165,10 @@ def test_runs_sharing_a_run_name_never_resume_from_each_others_parts(tmp_path, d
 
         monkeypatch.setattr(TransformersBackend, "generate", original)
 
-        def no_judge(recipe):
+        def no_judge(settings):
             raise Crash("lost")
 
-        monkeypatch.setattr(factory, "judge_backend", no_judge)
+        monkeypatch.setattr(backends, "judge_backend", no_judge)
         values = tiny_recipe(data_dir, tmp_path / "b", seed=7, **settings)
         with pytest.raises(Crash):
             run(parse_recipe(["--config", str(write_recipe(tmp_path / "b.yaml", **values))]))

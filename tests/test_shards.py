@@ -14,14 +14,13 @@ import torch
 from conftest import tiny_recipe, write_recipe
 from huggingface_hub import HfApi, constants, hf_api, metadata_load
 
-from rlrf_hub.checkpoint import StageCheckpoint
 from rlrf_hub.cli import main
 from rlrf_hub.config import parse_recipe
 from rlrf_hub.hub import serve
-from rlrf_hub.hub.checkpoints import HubCheckpointMirror
 from rlrf_hub.hub.server import configure_clients
 from rlrf_hub.ids import prompt_id
 from rlrf_hub.loop import RunError, run
+from rlrf_hub.publishing import HubCheckpointMirror, StageCheckpoint
 from rlrf_hub.sharding import Shard
 
 STAGES = ("candidates", "feedback", "refinements", "pairs")

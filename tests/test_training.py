@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlrf_hub.config import Recipe, RLRFArguments
 from rlrf_hub.models import TINY_MODEL, prepare_tiny_model
 from rlrf_hub.schemas import to_dataset
 from rlrf_hub.training import METRICS_FILE, train_adapter
@@ -42,7 +41,7 @@ def pair_row(i: int, rejected: bool = True) -> dict:
     }
 
 
-def make_recipe(load_in_4bit: bool, max_steps: int = 2):
+def make_args(load_in_4bit: bool, max_steps: int = 2):
     from trl import DPOConfig, ModelConfig
 
     model = ModelConfig(
@@ -69,7 +68,7 @@ def make_recipe(load_in_4bit: bool, max_steps: int = 2):
         report_to="none",
         seed=0,
     )
-    return Recipe(RLRFArguments(), model, training)
+    return model, training
 
 
 def lora_b(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -89,7 +88,7 @@ def pairs():
 @pytest.fixture(scope="module")
 def qlora_result(pairs, tmp_path_factory):
     prepare_tiny_model()
-    return train_adapter(pairs, make_recipe(load_in_4bit=True), tmp_path_factory.mktemp("m1") / "adapter")
+    return train_adapter(pairs, *make_args(load_in_4bit=True), tmp_path_factory.mktemp("m1") / "adapter")
 
 
 def test_qlora_dpo_writes_a_trained_loadable_adapter(qlora_result):
@@ -128,8 +127,8 @@ def test_fresh_adapter_is_measured_against_the_base(qlora_result):
 
 def test_lora_dpo_continues_an_adapter_against_itself_as_reference(pairs, qlora_result, tmp_path):
     m1 = qlora_result.adapter_dir
-    recipe = make_recipe(load_in_4bit=False)
-    result = train_adapter(pairs, recipe, tmp_path / "m2", init_adapter=m1, reference_adapter=m1)
+    args = make_args(load_in_4bit=False)
+    result = train_adapter(pairs, *args, tmp_path / "m2", init_adapter=m1, reference_adapter=m1)
 
     step = first_step(result)
     assert step["rewards/chosen"] == 0.0 and step["rewards/margins"] == 0.0, "policy and reference start equal"
@@ -143,15 +142,15 @@ def test_lora_dpo_continues_an_adapter_against_itself_as_reference(pairs, qlora_
 
 
 def test_continued_adapter_with_base_reference_starts_with_nonzero_rewards(pairs, qlora_result, tmp_path):
-    recipe = make_recipe(load_in_4bit=False, max_steps=1)
-    result = train_adapter(pairs, recipe, tmp_path / "m2", init_adapter=qlora_result.adapter_dir)
+    args = make_args(load_in_4bit=False, max_steps=1)
+    result = train_adapter(pairs, *args, tmp_path / "m2", init_adapter=qlora_result.adapter_dir)
     step = first_step(result)
     assert step["rewards/chosen"] != 0.0 and step["rewards/rejected"] != 0.0, "reference must be the base, not M1"
 
 
 def test_rejection_sampling_trains_on_chosen_only(tmp_path):
     rs_pairs = to_dataset("pairs", [pair_row(i, rejected=False) for i in range(8)])
-    result = train_adapter(rs_pairs, make_recipe(load_in_4bit=True), tmp_path / "rs", method="rs")
+    result = train_adapter(rs_pairs, *make_args(load_in_4bit=True), tmp_path / "rs", method="rs")
 
     assert result.method == "rs" and result.metrics["steps"] == 2
     assert math.isfinite(result.metrics["train_loss"]) and "mean_token_accuracy" in result.metrics
@@ -162,9 +161,9 @@ def test_rejection_sampling_trains_on_chosen_only(tmp_path):
 def test_dpo_refuses_rows_without_rejected(tmp_path):
     rows = [pair_row(0), pair_row(1, rejected=False)]
     with pytest.raises(ValueError, match="empty `rejected`"):
-        train_adapter(to_dataset("pairs", rows), make_recipe(load_in_4bit=False), tmp_path / "x")
+        train_adapter(to_dataset("pairs", rows), *make_args(load_in_4bit=False), tmp_path / "x")
     with pytest.raises(ValueError, match="method"):
-        train_adapter(to_dataset("pairs", rows), make_recipe(load_in_4bit=False), tmp_path / "x", method="ppo")
+        train_adapter(to_dataset("pairs", rows), *make_args(load_in_4bit=False), tmp_path / "x", method="ppo")
 
 
 def test_failed_training_leaves_the_previous_adapter_untouched(pairs, tmp_path):
@@ -172,7 +171,7 @@ def test_failed_training_leaves_the_previous_adapter_untouched(pairs, tmp_path):
     target.mkdir()
     (target / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="adapter_config.json"):
-        train_adapter(pairs, make_recipe(load_in_4bit=False), target, init_adapter=str(tmp_path / "missing"))
+        train_adapter(pairs, *make_args(load_in_4bit=False), target, init_adapter=str(tmp_path / "missing"))
     assert [p.name for p in tmp_path.iterdir()] == ["m1"]
     assert (target / "adapter_config.json").read_text() == "{}"
 

@@ -1,1 +1,1 @@
-"""Benchmarks of a policy (GSM8K, FactScore, Just-Eval) and their place on the adapter's model card."""
+"""Benchmarks of a policy: GSM8K, FactScore and Just-Eval (their results on adapter cards: `rlrf_hub.cards`)."""

@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .judging import judge_from_spec, split_revision
 from .results import EvaluationReport
 
 DESCRIPTION = """Evaluate a policy on GSM8K (zero-shot, greedy, final-number accuracy with a 95% Wilson interval),
@@ -66,16 +67,6 @@ def evaluate_command(args: argparse.Namespace, rest: list[str]) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"rlrf-hub evaluate: error: {err}", file=sys.stderr)
         return 2
-
-
-def split_revision(spec: str) -> tuple[str, str | None]:
-    """`name@rev` -> (name, rev); an existing path is never split."""
-    if Path(spec).exists() or "@" not in spec:
-        return spec, None
-    name, _, revision = spec.partition("@")
-    if not name or not revision:
-        raise ValueError(f"expected NAME@REVISION, got {spec!r}")
-    return name, revision
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -155,16 +146,10 @@ def _adapter(spec: str | None) -> tuple[str | None, str | None, str | None]:
 
 def _judge(args: argparse.Namespace, policy):
     spec = args.judge
-    if re.match(r"https?://", spec):
-        from ..backends.endpoint import EndpointBackend
-
-        return EndpointBackend(spec)
-    from ..backends.transformers_backend import TransformersBackend
-
-    model, revision = split_revision(spec)
-    if policy is not None and not policy.adapter and (policy.model_id, policy.revision) == (model, revision):
-        return policy  # the same weights: no second copy in memory
-    return TransformersBackend.from_pretrained(model, revision=revision, batch_size=args.judge_batch_size)
+    if policy is not None and not re.match(r"https?://", spec) and not policy.adapter:
+        if (policy.model_id, policy.revision) == split_revision(spec):
+            return policy  # the same weights: no second copy in memory
+    return judge_from_spec(spec, args.judge_batch_size)
 
 
 def _from_labels(args: argparse.Namespace, judge, settings, output: Path | None) -> None:

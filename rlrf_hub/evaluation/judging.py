@@ -9,8 +9,10 @@ counted as `failed`, never guessed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ..backends.base import GenerationBackend, GenerationRequest, SamplingParams
@@ -20,6 +22,33 @@ JUDGE_PARAMS = SamplingParams(max_new_tokens=512, temperature=0.0, top_p=1.0, do
 # A greedy judge repeats itself when asked again; a retry samples instead.
 RETRY_TEMPERATURE = 0.7
 _URL_ATTRIBUTES = ("base_url", "endpoint_url", "url", "endpoint")
+
+
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """`name@rev` -> (name, rev); an existing path is never split."""
+    if Path(spec).exists() or "@" not in spec:
+        return spec, None
+    name, _, revision = spec.partition("@")
+    if not name or not revision:
+        raise ValueError(f"expected NAME@REVISION, got {spec!r}")
+    return name, revision
+
+
+def judge_from_spec(
+    spec: str, batch_size: int, endpoint: Callable[[str], GenerationBackend] | None = None
+) -> GenerationBackend:
+    """The judge a command line or a recipe names: an http(s) URL (through `endpoint`, a plain `EndpointBackend`
+    by default), else `MODEL[@REV]` loaded in this process."""
+    if re.match(r"https?://", spec):
+        if endpoint is not None:
+            return endpoint(spec)
+        from ..backends.endpoint import EndpointBackend
+
+        return EndpointBackend(spec)
+    from ..backends.transformers_backend import TransformersBackend
+
+    model, revision = split_revision(spec)
+    return TransformersBackend.from_pretrained(model, revision=revision, batch_size=batch_size)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from typing import Any
 
 from ..aspects import ASPECT_KEYS, ASPECT_NAMES, BY_NAME
 from ..backends.base import GenerationBackend, GenerationRequest, SamplingParams
-from ..config import RLRFArguments
 from .parsing import ParsedRatings, parse_ratings, parse_selection
 from .templates import (
     critique_limit,
@@ -55,6 +54,22 @@ RETRY_TEMPERATURE = 0.7
 NO_FEEDBACK_TEXT = "No reviewer feedback is available. Check the answer for mistakes and improve it where you can."
 
 
+@dataclass(frozen=True)
+class FeedbackSettings:
+    """The recipe's feedback keys (see `rlrf_hub.config.RLRFArguments`, whose fields have the same names)."""
+
+    feedback_model: str = ""
+    feedback_revision: str | None = None
+    aspect_mode: str = "paper"
+    num_general_aspects: int = 3
+    verifier_tasks: Sequence[str] = ("math",)
+    constrained_decoding: bool = True
+    feedback_max_new_tokens: int = 256
+    feedback_temperature: float = 0.7
+    feedback_batch_size: int = 16
+    max_parse_retries: int = 2
+
+
 @dataclass
 class _Ask:
     """One judge question: its prompt, the schema its reply follows and how the reply is read."""
@@ -85,7 +100,7 @@ def aspects_for(task: str, aspect_mode: str, k: int) -> list[str]:
 
 
 def select_aspects(
-    prompts: Sequence[dict], backend: GenerationBackend, args: RLRFArguments, stats: dict | None = None
+    prompts: Sequence[dict], backend: GenerationBackend, args: FeedbackSettings, stats: dict | None = None
 ) -> dict[str, list[str]]:
     """Ask the judge, once per prompt in one batch, which `args.num_general_aspects` aspects it needs most.
 
@@ -123,7 +138,7 @@ def rate_responses(
     prompts: dict[str, dict],
     aspects: dict[str, list[str]],
     backend: GenerationBackend,
-    args: RLRFArguments,
+    args: FeedbackSettings,
     iteration: int,
     stats: dict | None = None,
 ) -> list[dict]:
@@ -209,7 +224,7 @@ def summarise(rows: Sequence[dict]) -> dict[str, Any]:
 def _ask_judge(
     asks: Sequence[_Ask],
     backend: GenerationBackend,
-    args: RLRFArguments,
+    args: FeedbackSettings,
     seed: int,
     desc: str,
     stats: dict | None,
@@ -241,7 +256,7 @@ def _ask_judge(
     return answers
 
 
-def _judge_params(args: RLRFArguments, seed: int, retry: bool) -> SamplingParams:
+def _judge_params(args: FeedbackSettings, seed: int, retry: bool) -> SamplingParams:
     temperature = args.feedback_temperature
     if retry and temperature <= 0:
         temperature = RETRY_TEMPERATURE
@@ -253,7 +268,7 @@ def _judge_params(args: RLRFArguments, seed: int, retry: bool) -> SamplingParams
     )
 
 
-def _uses_verifier(task: str, names: list[str], reference: str | None, args: RLRFArguments) -> bool:
+def _uses_verifier(task: str, names: list[str], reference: str | None, args: FeedbackSettings) -> bool:
     return task in args.verifier_tasks and names == [VERIFIED_ASPECT] and reference_number(reference) is not None
 
 

@@ -12,6 +12,7 @@ the signed href that an authorised batch call handed out).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import hashlib
@@ -945,11 +946,38 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `rlrf-hub hub serve`."""
+    parser.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: 0, a free one; the URL is printed)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="require `Authorization: Bearer TOKEN` for writes; other users see it in `ps`, so prefer "
+        "$RLRF_HUB_TOKEN or --token-file",
+    )
+    parser.add_argument("--token-file", default=None, help="read the write token from this file")
+    parser.add_argument(
+        "--max-upload-bytes", type=int, default=None, help="largest LFS file or commit body accepted (default: 50 GiB)"
+    )
+
+
+def serve_command(args: argparse.Namespace, rest: list[str]) -> int:
+    try:
+        token = resolve_token(args.token, args.token_file)
+    except (OSError, ValueError) as err:
+        print(f"rlrf-hub hub serve: error: {err}", file=sys.stderr)
+        return 2
+    run_forever(args.root, args.host, args.port, token, args.max_upload_bytes or DEFAULT_MAX_UPLOAD_BYTES)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m rlrf_hub.hub.server ARGS` is `rlrf-hub hub serve ARGS`."""
-    from ..cli import main as cli_main
-
-    return cli_main(["hub", "serve", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="rlrf-hub hub serve", description="The offline Hugging Face Hub.")
+    add_serve_arguments(parser)
+    return serve_command(parser.parse_args(argv), [])
 
 
 def configure_clients(url: str) -> None:

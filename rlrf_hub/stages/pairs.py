@@ -24,11 +24,47 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections import defaultdict
 
-from .reward import ranking_key, response_order, reward_key
+from ..publishing import Published
+from ..reward import ranking_key, response_order, reward_key
+from .base import IterationContext
 
+NAME = "pairs"
+PARENTS = ("feedback",)
+CARD_DESCRIPTION = (
+    "Each row is a preference pair in TRL's conversational format (`prompt`, `chosen`, `rejected`), ready for "
+    "`DPOTrainer`; ids, ratings, rewards and origins of both sides are kept for analysis."
+)
 PAIRINGS = ("rlrf", "reward_only", "rs")
+
+
+def applies(ctx: IterationContext) -> bool:
+    return True
+
+
+def key_inputs(ctx: IterationContext) -> dict:
+    p = ctx.settings.pairing
+    return {"iteration": ctx.t, "rule": ctx.rule, "top_k": p.top_k, "pairing_seed": p.pairing_seed}
+
+
+def find(ctx: IterationContext) -> Published | None:
+    """Worker 0 alone builds the pairs; the others wait for them."""
+    return ctx.wait_published(NAME, lambda: ctx.publisher.find(NAME, ctx.t))
+
+
+def load(ctx: IterationContext, found: Published) -> list[dict]:
+    return list(ctx.publisher.load(NAME, ctx.t))
+
+
+def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
+    started, p = time.time(), ctx.settings.pairing
+    responses = ctx.outputs["candidates"] + (ctx.outputs.get("refinements") or [])
+    pairs = build_pairs(ctx.rule, ctx.by_id, responses, ctx.outputs["feedback"], p.top_k, p.pairing_seed, ctx.t)
+    parents = [ctx.published["feedback"]]
+    lineage = ctx.lineage(NAME, pairs, parents, started, pairing=ctx.rule, top_k=p.top_k, content_key=key)
+    return pairs, ctx.publisher.publish_dataset(NAME, ctx.t, pairs, lineage, CARD_DESCRIPTION)
 
 
 def is_positive(row: dict) -> bool:

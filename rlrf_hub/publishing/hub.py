@@ -26,10 +26,14 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ..backends.retry import RetryPolicy, parse_retry_after
 from ..cards import adapter_card
+from ..cards.tables import Reports
 from ..errors import RunError
-from ..publishing import Published, card_content_key, record_published, write_stage_folder
+from ..evaluation.results import EvaluationReport
 from ..schemas import FEATURES
+from .base import Published, card_content_key, record_published
 from .checkpoints import HubCheckpointMirror, checkpoint_branch
+from .folder import write_stage_folder
+from .results import check_results_iteration, publish_results, results_path
 
 PUBLIC_HUB_HOST = "huggingface.co"
 GITATTRIBUTES = ".gitattributes"
@@ -185,7 +189,7 @@ class HubPublisher:
         retry: RetryPolicy | None = None,
     ):
         if endpoint is not None and urlsplit(endpoint).hostname != PUBLIC_HUB_HOST:
-            from .server import configure_clients
+            from ..hub.server import configure_clients
 
             configure_clients(endpoint)
         self.namespace, self.run_name = namespace, run_name
@@ -248,13 +252,15 @@ class HubPublisher:
             token=self.api.token,
         )
 
-    def publish_dataset(self, stage: str, iteration: int, rows: list[dict], lineage: dict) -> Published:
+    def publish_dataset(
+        self, stage: str, iteration: int, rows: list[dict], lineage: dict, description: str
+    ) -> Published:
         """Lay the stage out exactly as `FolderPublisher` does, in a staging folder, and push it as one commit."""
         repo_id = self.repo_id(stage)
         t = _stage_iteration(stage, iteration)
         staged = self.work_dir / ".staging" / stage / iteration_tag(t)
         try:
-            write_stage_folder(staged, stage, rows, lineage, repo_id)
+            write_stage_folder(staged, stage, rows, lineage, repo_id, description)
             sha = self._commit_and_tag(repo_id, "dataset", staged, t, f"{stage} of iteration {t}")
         finally:
             shutil.rmtree(staged, ignore_errors=True)
@@ -294,6 +300,28 @@ class HubPublisher:
         published = Published("adapter", f"M{model_index}", model_index, repo_id, sha, lineage.get("content_key"))
         self.record(published)
         return published
+
+    def publish_results(self, model_index: int, reports: Reports) -> Published:
+        """Results of M_<model_index> (and any other model, e.g. M0 with M1) on the card of adapter M_<model_index>:
+        one commit on the adapter repo, tagged `iter-<t>-eval` (see `publishing.results.publish_results`)."""
+        check_results_iteration(model_index)
+        repo_id, tag = self.repo_id("adapter"), iteration_tag(model_index)
+        sha = publish_results(self.api, repo_id, tag, reports)
+        published = Published("results", f"M{model_index}", model_index, repo_id, sha)
+        details = {"repo_id": repo_id, "repo_type": "model", "tag": f"{tag}-eval"}
+        record_published(self.work_dir / "published.json", published, **details)
+        return published
+
+    def find_results(self, model_index: int, label: str | None = None) -> EvaluationReport | None:
+        """The report of `label` (default `M<model_index>`) under the `iter-<t>-eval` tag of the adapter repo."""
+        from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+        path = results_path(label or f"M{model_index}")
+        tag = f"{iteration_tag(model_index)}-eval"
+        try:
+            return EvaluationReport.load(self.api.hf_hub_download(self.repo_id("adapter"), path, revision=tag))
+        except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
+            return None
 
     def record(self, published: Published) -> None:
         """List `published` in `published.json` with its repo, repo type and tag."""

@@ -1,12 +1,25 @@
-"""Prompt sources -> the prompts stage: one row per unique prompt with its task and reference."""
+"""The prompts stage: prompt sources -> one row per unique prompt with its task and reference, checked against the
+policy's context before any model work, and published once for every iteration."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
-from .config import PromptSource, RecipeError, read_utf8
-from .ids import normalise_prompt, prompt_id
+from ..errors import RecipeError, read_utf8
+from ..ids import normalise_prompt, prompt_id
+from ..publishing import Published
+from .base import IterationContext
+from .settings import PromptSource
+
+NAME = "prompts"
+PARENTS: tuple[str, ...] = ()
+CARD_DESCRIPTION = (
+    "Each row is one RL prompt with its task type (general, math or bio) and, where the task has one, the reference "
+    "the feedback model is shown (a worked math solution or a Wikipedia text about the person)."
+)
 
 Record = tuple[str, dict]  # where the row is ("FILE line N", "DATASET row N") and the row
 
@@ -167,3 +180,64 @@ def check_prompt_lengths(
                 f"{limit} that fit (max_prompt_tokens {max_tokens}, context {context}): {row['prompt'][:80]!r}..."
             )
     return kept
+
+
+def applies(ctx: IterationContext) -> bool:
+    return True
+
+
+def key_inputs(ctx: IterationContext) -> dict:
+    s = ctx.settings.prompts
+    return {
+        "prompt_sources": [asdict(source) for source in s.sources],
+        "max_prompt_tokens": s.max_prompt_tokens,
+        "long_prompts": s.long_prompts,
+    }
+
+
+def find(ctx: IterationContext) -> Published | None:
+    """Worker 0 builds the prompts; the others wait for them."""
+    return ctx.wait_published("the prompts", lambda: ctx.publisher.find(NAME, 0))
+
+
+def load(ctx: IterationContext, found: Published) -> list[dict]:
+    return list(ctx.publisher.load(NAME, 0))
+
+
+def run(ctx: IterationContext, key: str) -> tuple[list[dict], Published]:
+    """Build and validate the prompts (before any model work) and publish them."""
+    s = ctx.settings
+    prompts = build_prompts(list(s.prompts.sources))
+    built = len(prompts)
+    count, room = _token_counter(s.policy.model, s.policy.revision, s.sampling.max_new_tokens)
+    prompts = check_prompt_lengths(
+        prompts, count, s.prompts.max_prompt_tokens, room, drop=s.prompts.long_prompts == "drop"
+    )
+    if not prompts:
+        raise RecipeError(f"long_prompts: all {built} prompts are longer than max_prompt_tokens; none is left")
+    lineage = {
+        "run": s.run_name,
+        "stage": NAME,
+        "iteration": 0,
+        "sources": [asdict(source) for source in s.prompts.sources],
+        "counts": {"rows": len(prompts), "too_long": built - len(prompts), **Counter(row["task"] for row in prompts)},
+        "content_key": key,
+    }
+    return prompts, ctx.publisher.publish_dataset(NAME, 0, prompts, lineage, CARD_DESCRIPTION)
+
+
+def _token_counter(model: str, revision: str | None, max_new_tokens: int):
+    """How many tokens a prompt takes with the policy's chat template, and how many the context leaves for it."""
+    from transformers import AutoConfig
+
+    from ..models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(model, revision)
+
+    def count(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+
+    context = getattr(
+        AutoConfig.from_pretrained(resolve_model(model), revision=revision), "max_position_embeddings", 0
+    )
+    return count, (context - max_new_tokens if context else None)

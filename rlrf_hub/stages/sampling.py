@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 
 from tqdm.auto import tqdm
 
-from .backends import GenerationBackend, GenerationRequest, SamplingParams
-from .checkpoint import StageCheckpoint
-from .ids import response_id
-from .sharding import Shard
+from ..backends import GenerationBackend, GenerationRequest, SamplingParams
+from ..ids import response_id
+from ..publishing.checkpoints import StageCheckpoint
+from ..sharding import Shard
 
 
 @dataclass
