@@ -5,7 +5,7 @@ Ways to generate one completion per prompt, measured side by side in one process
 - candidate: the candidate stage (`rlrf_hub.stages.sampling.sample_responses` over `TransformersBackend`: chat
   template, length sorting, per-row seeded sampling, rows checkpointed to parquet);
 - refinement: the refinement stage on the candidates of this run, each given the same short feedback text in
-  place of a judge's (`rlrf_hub.refinements.refinement_jobs`, one refinement per prompt);
+  place of a judge's (`rlrf_hub.stages.refinements.refinement_jobs`, one refinement per prompt);
 - gsm8k_eval: the GSM8K evaluation (`rlrf_hub.evaluation.gsm8k.run_gsm8k`, greedy) on as many test problems;
 - raw: `model.generate` on left-padded batches of the same size, prompts in file order, built-in sampling;
 - one_at_a_time: `model.generate` on each prompt alone.
