@@ -6,9 +6,9 @@ A nucleus is almost always a few dozen tokens, so here tokens are ranked with `t
 is widened only while some row's nucleus does not fit in it.
 
 The kept set is `TopPLogitsWarper`'s: a token stays when the probability of the tokens ranked above it is below
-`top_p` (so the top token always stays); only rounding at that boundary can differ. The draw is
-`RowSeededSampler`'s: one float64 uniform per row from the row's own generator, located in the cumulative
-distribution of the kept tokens taken in vocabulary order.
+`top_p` (so the top token always stays); only rounding at that boundary can differ. The draw is one float64
+uniform per row from the row's own generator, located in the cumulative distribution of the kept tokens taken
+in vocabulary order.
 """
 
 from __future__ import annotations
