@@ -12,6 +12,7 @@ from pathlib import Path
 from trl import ScriptArguments
 
 from .models import resolve_model
+from .training import load_tokenizer as load_tokenizer
 
 ADAPTER_SUBDIR = "adapter"
 
@@ -114,18 +115,6 @@ def save_outputs(trainer, training_args, model_args, script_args, auto_class, **
         (output_dir / "training_metrics.json").write_text(json.dumps({**written, "metrics": metrics}, indent=2))
     trainer.accelerator.wait_for_everyone()
     return written
-
-
-def load_tokenizer(model_args):
-    """The model's tokenizer, with the end-of-sequence token as pad token when it has none."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model(model_args.model_name_or_path), revision=model_args.model_revision
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def finish(trainer, script_args, training_args, written: dict, num_examples: int) -> dict:

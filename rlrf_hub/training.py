@@ -111,7 +111,7 @@ def _training_dataset(pairs, method: str):
 
 
 def _build_trainer(dataset, model_args, training_args, workdir: Path, init_adapter, reference_adapter, method: str):
-    tokenizer = _load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args)
     if method == "dpo":
         from trl import DPOTrainer
 
@@ -148,7 +148,8 @@ def _copy_config(training, config_name: str, workdir: Path, **overrides):
     return config_cls(**values)
 
 
-def _load_tokenizer(model_args):
+def load_tokenizer(model_args):
+    """The model's tokenizer, with the end-of-sequence token as pad token when it has none."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
