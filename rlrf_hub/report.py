@@ -78,6 +78,7 @@ def load_folder_run(adapter_dirs: list[Path], name: str) -> RunResults:
 
     reports: dict[str, EvaluationReport] = {}
     lineage: dict[str, dict] = {}
+    locations: dict[str, str] = {}
     for folder in adapter_dirs:
         reports.update(read_folder_results(folder))
         readme = folder / "README.md"
@@ -85,6 +86,9 @@ def load_folder_run(adapter_dirs: list[Path], name: str) -> RunResults:
             block = ModelCard.load(readme).data.get("rlrf") or {}
             if block.get("model_name"):
                 lineage[block["model_name"]] = block
+                locations[block["model_name"]] = str(folder)
+    for label, location in locations.items():
+        _add_cost(reports, label, location, None, None)
     source = ", ".join(str(folder) for folder in adapter_dirs)
 
     def publish(new: dict[str, EvaluationReport]) -> Path:
@@ -114,7 +118,9 @@ def load_hub_run(api: HfApi, repo_id: str, revision: str = "main") -> RunResults
         except HfHubHTTPError:
             continue
         block = card.data.get("rlrf") or {}
-        lineage[block.get("model_name") or f"M{_ITER_TAG.match(tag).group(1)}"] = block
+        label = block.get("model_name") or f"M{_ITER_TAG.match(tag).group(1)}"
+        lineage[label] = block
+        _add_cost(reports, label, repo_id, tag, api.endpoint)
     where = f"{api.endpoint.rstrip('/')}/{repo_id}" + (f"@{commit[:12]}" if commit else "")
 
     def publish(new: dict[str, EvaluationReport]) -> str:
@@ -123,6 +129,14 @@ def load_hub_run(api: HfApi, repo_id: str, revision: str = "main") -> RunResults
         return publish_results(api, repo_id, max(tags, key=lambda name: int(_ITER_TAG.match(name).group(1))), new)
 
     return RunResults(repo_id, where, reports, lineage, publish)
+
+
+def _add_cost(reports: dict[str, EvaluationReport], label: str, location: str, revision, endpoint) -> None:
+    """Give a trained model's report the cost of producing it, read from its lineage when the report has none."""
+    from .lineage import model_cost
+
+    if label in reports and reports[label].cost is None:
+        reports[label].cost = model_cost(location, revision, endpoint)
 
 
 @contextlib.contextmanager
@@ -317,7 +331,8 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
             written = write_report(results, output)
             if args.publish:
                 added = {label: report for label, report in results.reports.items() if not _OWN.match(label)}
-                results.publish(added)
+                costed = {label: r for label, r in results.reports.items() if _OWN.match(label) and r.cost}
+                results.publish({**costed, **added})
                 print(f"published the results of {', '.join(added) or 'no baseline'} on the latest adapter card")
     except (ReportError, HfHubHTTPError, OSError, ValueError) as err:
         print(f"rlrf-hub report: error: {err}", file=sys.stderr)

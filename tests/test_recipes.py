@@ -566,6 +566,7 @@ def test_cpu_gsm8k_recipe_evaluates_held_out_items_and_reports_paired_difference
     recipe = edited_copy(recipe, tmp_path / "with-general", lambda values: values["prompt_sources"].append(general))
     output_dir = run_loop(recipe, tmp_path, None, tasks=("math", "general"), eval_limit=4, eval_max_new_tokens=8)
 
+    from rlrf_hub.lineage import model_cost
     from rlrf_hub.publishing.results import read_folder_results
 
     reports = read_folder_results(output_dir / "adapters" / "M1")
@@ -581,6 +582,17 @@ def test_cpu_gsm8k_recipe_evaluates_held_out_items_and_reports_paired_difference
     assert main_report(output_dir) == 0
     printed = capsys.readouterr().out
     assert "Paired against M0" in printed and "Plumbing check" in printed
+
+    cost = model_cost(str(output_dir / "adapters" / "M1"), None)
+    policy_tokens = sum(
+        sum(datasets.load_dataset(str(output_dir / "iter-0" / stage), split="train")["num_tokens"])
+        for stage in ("candidates", "refinements")
+    )
+    assert cost["tokens_generated"] >= policy_tokens > 0  # the judge's tokens come on top
+    assert cost["data_wall_time_s"] > 0 and cost["train_wall_time_s"] > 0
+    markdown = (output_dir / "report" / "report.md").read_text()
+    m1_row = next(line for line in markdown.splitlines() if line.startswith("| M1 |"))
+    assert f"| {cost['tokens_generated']:,} |" in m1_row
 
 
 def test_cpu_gsm8k_reward_only_recipe_trains_on_reward_pairs(reward_model, tmp_path, monkeypatch):

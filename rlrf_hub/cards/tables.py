@@ -310,9 +310,10 @@ def headline_table(
 ) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of SPEC Table 2's shape: a row per model, a column per benchmark's headline metric.
 
-    `extra` adds columns before the benchmarks: `{column: {label: text}}` (e.g. the training method of each model).
+    `extra` adds columns before the benchmarks: `{column: {label: text}}` (e.g. the training method of each model);
+    the cost columns follow when any model's report carries its cost.
     """
-    extra = extra or {}
+    extra = {**(extra or {}), **cost_columns(labelled)}
     columns = [(task, headline_metric(task, metrics_of(labelled, task))) for task in tasks_of(labelled)]
     headers = ["model", *extra, *(benchmark(task).column for task, _ in columns)]
     rows = [
@@ -324,6 +325,23 @@ def headline_table(
         for label, report in labelled.items()
     ]
     return headers, rows
+
+
+def cost_columns(labelled: Mapping[str, EvaluationReport]) -> dict[str, dict[str, str]]:
+    """`tokens generated` and `wall time` (data stages + training) of each model whose report has a cost."""
+    costs = {label: report.cost for label, report in labelled.items() if report.cost}
+    if not costs:
+        return {}
+    tokens = {label: f"{int(cost['tokens_generated']):,}" for label, cost in costs.items()}
+    time = {label: _wall_time(cost) for label, cost in costs.items()}
+    return {"tokens generated": tokens, "wall time (data + DPO)": time}
+
+
+def _wall_time(cost: Mapping) -> str:
+    data, train = cost.get("data_wall_time_s") or 0.0, cost.get("train_wall_time_s")
+    if train is None:
+        return f"{data / 60:.0f} min + ?"
+    return f"{(data + train) / 60:.0f} min ({data / 60:.0f} + {train / 60:.0f})"
 
 
 def metrics_table(labelled: Mapping[str, EvaluationReport]) -> tuple[list[str], list[list[str]]]:
