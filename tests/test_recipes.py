@@ -595,6 +595,32 @@ def test_cpu_gsm8k_recipe_evaluates_held_out_items_and_reports_paired_difference
     assert f"| {cost['tokens_generated']:,} |" in m1_row
 
 
+def test_cpu_gsm8k_baseline_samples_and_trains_as_the_science_recipe_does(monkeypatch):
+    """The reward-only row is comparable only when the policy, its adapter, the answer length, DPO and the
+    evaluation are the same as in the RLRF run; the pairs alone differ."""
+    monkeypatch.chdir(REPO)
+    science = parse(RECIPES / "smollm2-135m-cpu" / "rlrf-gsm8k.yaml")
+    baseline = parse(RECIPES / "smollm2-135m-cpu" / "rlrf-gsm8k-reward-only.yaml")
+    model_keys = ("model_name_or_path", "load_in_4bit", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+    for key in model_keys:
+        assert getattr(baseline.model, key) == getattr(science.model, key), key
+    training_keys = (
+        "beta",
+        "learning_rate",
+        "lr_scheduler_type",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_length",
+        "gradient_checkpointing",
+    )
+    for key in training_keys:
+        assert getattr(baseline.training, key) == getattr(science.training, key), key
+    rlrf_keys = ("temperature", "top_p", "max_new_tokens", "eval_tasks", "eval_limit", "eval_gsm8k_data")
+    for key in rlrf_keys:
+        assert getattr(baseline.rlrf, key) == getattr(science.rlrf, key), key
+
+
 def test_cpu_gsm8k_reward_only_recipe_trains_on_reward_pairs(reward_model, tmp_path, monkeypatch):
     """recipes/smollm2-135m-cpu/rlrf-gsm8k-reward-only.yaml: no feedback, one reward-ranked pair per prompt, M1
     evaluated on the science recipe's GSM8K test items."""
