@@ -151,16 +151,31 @@ def _endpoint_for(output_dir: Path | None, endpoint: str | None) -> Iterator[str
         return
     from .hub.server import running_server, serve
 
-    url = running_server(store)
-    if url:
-        yield url
-        return
-    server, url = serve(store)
+    with _without_xet():
+        url = running_server(store)
+        if url:
+            yield url
+            return
+        server, url = serve(store)
+        try:
+            yield url
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+@contextlib.contextmanager
+def _without_xet() -> Iterator[None]:
+    """The offline Hub speaks plain LFS: with `hf_xet` installed and `HF_HUB_DISABLE_XET` unset, `--publish` would
+    ask it for a Xet write token for the plots and fail."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_DISABLE_XET
+    constants.HF_HUB_DISABLE_XET = True
     try:
-        yield url
+        yield
     finally:
-        server.shutdown()
-        server.server_close()
+        constants.HF_HUB_DISABLE_XET = before
 
 
 @contextlib.contextmanager

@@ -143,6 +143,36 @@ def test_report_of_an_output_dir_serves_its_offline_store(tmp_path, capsys):
     check_outputs(out / "report", printed)
 
 
+def test_report_publishes_a_baseline_on_an_output_dirs_offline_store_with_xet_installed(tmp_path, capsys):
+    """The offline Hub takes plain LFS uploads: `--publish` must not try Xet even where `HF_HUB_DISABLE_XET` is unset."""
+    from huggingface_hub import HfApi, constants
+
+    out, store = tmp_path / "run", tmp_path / "store"
+    publish_run(FolderPublisher(tmp_path / "other"))
+    with hf_clients(tmp_path / "cache") as patch:
+        server, url = serve(store)
+        try:
+            publish_run(HubPublisher("hal", "run", out, endpoint=url))
+        finally:
+            server.shutdown()
+            server.server_close()
+        (out / "hub.json").write_text(json.dumps({"store": str(store)}))
+        patch.delenv("HF_ENDPOINT")
+        patch.delenv("HF_HUB_DISABLE_XET")
+        patch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+        assert main(["report", str(out), "--baseline", f"ro={tmp_path / 'other'}", "--publish"]) == 0, (
+            capsys.readouterr()
+        )
+        assert constants.HF_HUB_DISABLE_XET is False, "the client setting is restored"
+        server, url = serve(store)
+        try:
+            card = Path(HfApi(endpoint=url).hf_hub_download("hal/run-adapter", "README.md")).read_text()
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert "| M2-ro | GSM8K | 40 | +10.00 [" in card
+
+
 def test_report_of_a_run_published_to_folders(tmp_path, capsys):
     out = tmp_path / "run"
     publish_run(FolderPublisher(out))
