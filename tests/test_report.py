@@ -144,7 +144,7 @@ def test_report_of_an_output_dir_serves_its_offline_store(tmp_path, capsys):
 
 
 def test_report_publishes_a_baseline_on_an_output_dirs_offline_store_with_xet_installed(tmp_path, capsys):
-    """The offline Hub takes plain LFS uploads: `--publish` must not try Xet even where `HF_HUB_DISABLE_XET` is unset."""
+    """The offline Hub takes plain LFS uploads: `--publish` must not try Xet where `HF_HUB_DISABLE_XET` is unset."""
     from huggingface_hub import HfApi, constants
 
     out, store = tmp_path / "run", tmp_path / "store"
