@@ -1,5 +1,7 @@
 """The packed decoder and the nucleus sampler: same numbers as transformers, without its costs."""
 
+import json
+
 import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
@@ -79,6 +81,36 @@ def test_rows_stop_at_their_eos_and_others_go_on(backend):
     assert stopped[0] == free[0][: free[0].index(stop) + 1]
     expected_second = free[1][: free[1].index(stop) + 1] if stop in free[1] else free[1]
     assert stopped[1] == expected_second
+
+
+RATING_SCHEMA = {
+    "type": "object",
+    "properties": {"rating": {"enum": [-1, 0, 1]}, "critique": {"type": "string", "maxLength": 40}},
+    "required": ["rating", "critique"],
+}
+
+
+def test_constrained_rows_take_the_packed_path_and_decode_as_generate_does(backend):
+    def chat(text):
+        return [{"role": "user", "content": text}]
+
+    requests = [
+        GenerationRequest(chat("Rate this answer, please."), json_schema=RATING_SCHEMA),
+        GenerationRequest(chat("Write freely.")),
+        GenerationRequest(chat("Rate it."), json_schema=RATING_SCHEMA),
+    ]
+    params = SamplingParams(max_new_tokens=40, do_sample=False)
+    packed = backend.generate(requests, params)
+    decoder, backend._decoder = backend._decoder, None
+    try:
+        with_generate = backend.generate(requests, params)
+    finally:
+        backend._decoder = decoder
+    assert [g[0].text for g in packed] == [g[0].text for g in with_generate]
+    for generations in (packed[0], packed[2]):
+        assert generations[0].finish_reason == "stop"
+        assert set(json.loads(generations[0].text)) == {"rating", "critique"}
+    assert packed[1][0].finish_reason == "length"
 
 
 def test_sampled_rows_do_not_depend_on_batch_company(backend):

@@ -1,9 +1,10 @@
 """JSON-schema constrained decoding for transformers `generate`, with llguidance.
 
-`JSONSchemaLogitsProcessor` keeps one `llguidance.LLMatcher` per batch row that has a schema. On every
-step it feeds each constrained row's newly generated token to that row's matcher, asks llguidance for the
-set of tokens the grammar allows next (a bitmask, computed for all rows in parallel) and sets every other
-logit to -inf. Rows without a schema are left untouched, so constrained and free rows can share a batch.
+A `RowConstraint` holds one sequence's `llguidance.LLMatcher`. On every step each constrained row's newly
+generated token goes to its matcher, llguidance computes the set of tokens the grammar allows next (a bitmask,
+for all rows in parallel) and `mask_constrained` sets every other logit to -inf. Rows without a constraint are
+left untouched, so constrained and free rows can share a batch. `JSONSchemaLogitsProcessor` does this inside
+`model.generate`; the packed decoder and the server's engine call the same functions directly.
 """
 
 from __future__ import annotations
@@ -114,6 +115,82 @@ def _first_line(matcher: llguidance.LLMatcher) -> str:
     return matcher.get_error().split("\n", 1)[0]
 
 
+class RowConstraint:
+    """One sequence's matcher: told each sampled token, asked which tokens may come next.
+
+    It belongs to a sequence, not to a batch position, so rows can join and leave a running batch.
+    """
+
+    def __init__(self, ll_tokenizer: llguidance.LLTokenizer, grammar_text: str):
+        self.matcher = llguidance.LLMatcher(ll_tokenizer, grammar_text, log_level=0)
+        self.vocab_size = ll_tokenizer.vocab_size
+        if self.matcher.is_error():
+            raise ValueError(f"grammar cannot be used: {_first_line(self.matcher)}")
+        self.failed = False
+
+    def consume(self, token: int) -> None:
+        if not self.failed and not self.matcher.consume_token(token):
+            logger.warning("constrained row left its grammar: %s", _first_line(self.matcher))
+            self.failed = True
+
+    @property
+    def eos_only(self) -> bool:
+        """The grammar is complete or broken: the row may only end."""
+        return self.failed or self.matcher.is_stopped() or self.matcher.is_error()
+
+
+def schema_constraints(
+    tokenizer, schemas: Sequence[dict[str, Any] | None], eos_token_ids: Iterable[int]
+) -> list[RowConstraint | None]:
+    """One constraint per row that has a JSON schema, `None` for free rows."""
+    ll_tokenizer = llguidance_tokenizer(tokenizer, eos_token_ids)
+    constraints: list[RowConstraint | None] = []
+    for row, schema in enumerate(schemas):
+        try:
+            constraints.append(None if schema is None else RowConstraint(ll_tokenizer, schema_grammar(schema)))
+        except ValueError as err:
+            raise ValueError(f"row {row}: {err}") from None
+    return constraints
+
+
+def mask_constrained(
+    scores: torch.Tensor, constraints: Sequence[RowConstraint | None], eos_token_ids: Sequence[int]
+) -> torch.Tensor:
+    """Set to -inf, in place, every logit that a row's grammar forbids; rows without a constraint are untouched."""
+    rows = [row for row, constraint in enumerate(constraints) if constraint is not None]
+    if not rows:
+        return scores
+    vocab_size = scores.shape[-1]
+    active = [(constraints[row], i) for i, row in enumerate(rows) if not constraints[row].eos_only]
+    allowed = torch.zeros((len(rows), vocab_size), dtype=torch.bool)
+    if active:
+        bitmask = llguidance.torch.allocate_token_bitmask(len(rows), active[0][0].vocab_size)
+        llguidance.torch.fill_next_token_bitmask_par(
+            _executor(), [(constraint.matcher, i) for constraint, i in active], bitmask
+        )
+        unpacked = unpack_bitmask(bitmask, vocab_size)
+        allowed[:, : unpacked.shape[1]] = unpacked
+    for i, row in enumerate(rows):
+        if constraints[row].eos_only:
+            allowed[i] = False
+            allowed[i, list(eos_token_ids)] = True
+    forbidden = torch.zeros(scores.shape, dtype=torch.bool)
+    forbidden[rows] = ~allowed
+    return scores.masked_fill_(forbidden.to(scores.device), float("-inf"))
+
+
+def advance(constraints: list[RowConstraint | None], tokens: Sequence[int], eos_token_ids: Iterable[int]) -> None:
+    """Feed each constrained row the token it just produced; a row that ended drops its constraint."""
+    eos = set(eos_token_ids)
+    for row, token in enumerate(tokens):
+        if constraints[row] is None:
+            continue
+        if token in eos:
+            constraints[row] = None
+        else:
+            constraints[row].consume(token)
+
+
 class JSONSchemaLogitsProcessor(LogitsProcessor):
     """Masks the logits of each row that has a JSON schema to the tokens its grammar allows next.
 
@@ -133,52 +210,11 @@ class JSONSchemaLogitsProcessor(LogitsProcessor):
         self, tokenizer, schemas: Sequence[dict[str, Any] | None], eos_token_ids: Iterable[int] | None = None
     ):
         self.eos_token_ids = sorted(set(eos_token_ids)) if eos_token_ids is not None else [tokenizer.eos_token_id]
-        self.ll_tokenizer = llguidance_tokenizer(tokenizer, self.eos_token_ids)
-        self.rows = [row for row, schema in enumerate(schemas) if schema is not None]
-        self.matchers = [
-            llguidance.LLMatcher(self.ll_tokenizer, schema_grammar(schemas[row]), log_level=0) for row in self.rows
-        ]
-        for row, matcher in zip(self.rows, self.matchers, strict=True):
-            if matcher.is_error():
-                raise ValueError(f"row {row}: cannot build a matcher for its schema: {_first_line(matcher)}")
-        self.finished = [False] * len(self.rows)
-        self.bitmask = llguidance.torch.allocate_token_bitmask(len(self.rows), self.ll_tokenizer.vocab_size)
+        self.constraints = schema_constraints(tokenizer, schemas, self.eos_token_ids)
         self._started = False
 
-    def _consume(self, last_tokens: list[int]) -> None:
-        eos = set(self.eos_token_ids)
-        for i, (row, matcher) in enumerate(zip(self.rows, self.matchers, strict=True)):
-            if self.finished[i]:
-                continue
-            token = last_tokens[row]
-            if token in eos:
-                self.finished[i] = True
-            elif not matcher.consume_token(token):
-                logger.warning("constrained row %d left its grammar: %s", row, _first_line(matcher))
-                self.finished[i] = True
-
-    def _eos_only(self, i: int) -> bool:
-        return self.finished[i] or self.matchers[i].is_stopped() or self.matchers[i].is_error()
-
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if not self.rows:
-            return scores
         if self._started:
-            self._consume(input_ids[:, -1].tolist())
+            advance(self.constraints, input_ids[:, -1].tolist(), self.eos_token_ids)
         self._started = True
-
-        vocab_size = scores.shape[-1]
-        pending = [(matcher, i) for i, matcher in enumerate(self.matchers) if not self._eos_only(i)]
-        if pending:
-            llguidance.torch.fill_next_token_bitmask_par(_executor(), pending, self.bitmask)
-        allowed = unpack_bitmask(self.bitmask, vocab_size)
-        if allowed.shape[1] < vocab_size:
-            padding = allowed.new_zeros((allowed.shape[0], vocab_size - allowed.shape[1]))
-            allowed = torch.cat([allowed, padding], dim=1)
-        for i in range(len(self.rows)):
-            if self._eos_only(i):
-                allowed[i] = False
-                allowed[i, self.eos_token_ids] = True
-        forbidden = torch.zeros(scores.shape, dtype=torch.bool)
-        forbidden[self.rows] = ~allowed
-        return scores.masked_fill_(forbidden.to(scores.device, non_blocking=True), float("-inf"))
+        return mask_constrained(scores, self.constraints, self.eos_token_ids)

@@ -12,10 +12,10 @@ before it. The global torch RNG is neither used nor touched. Hence:
 
 Greedy decoding (`do_sample=False` or `temperature <= 0`) ignores the seed, so its `n` copies are equal.
 
-Speed. Llama-architecture models on the CPU (the embedded SmolLM2 among them) generate free text through
-`packed_decode` (packed prefill, static cache, finished rows dropped); JSON-constrained rows and other models go
-through `model.generate`. Both sample with `nucleus.SeededNucleusSampler`, so a row's draws are the same either way
-up to floating-point rounding.
+Speed. Llama-architecture models on the CPU (the embedded SmolLM2 among them) generate through `packed_decode`
+(packed prefill, static cache, finished rows dropped), JSON-constrained rows included: each row's llguidance mask is
+applied before its draw. Other models go through `model.generate`. Both sample with `nucleus.SeededNucleusSampler`,
+so a row's draws are the same either way up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from .base import Generation, GenerationRequest, SamplingParams
-from .constrained import JSONSchemaLogitsProcessor
+from .constrained import JSONSchemaLogitsProcessor, RowConstraint, advance, mask_constrained, schema_constraints
 from .nucleus import SeededNucleusSampler
-from .packed_decode import PackedDecoder, generate_tokens, supports
+from .packed_decode import Chooser, PackedDecoder, generate_tokens, supports
 
 
 @dataclass
@@ -96,6 +96,18 @@ def logits_processors(
         seeds = [sequence.seed for sequence in batch]
         processors.append(SeededNucleusSampler(seeds, params.temperature, params.top_p))
     return processors
+
+
+def constrained(choose: Chooser, constraints: list[RowConstraint | None], eos_token_ids: list[int]) -> Chooser:
+    """`choose` restricted to what each constrained row's grammar allows, its matcher told the token chosen."""
+
+    def choose_within_grammar(logits: torch.Tensor, rows: list[int]) -> list[int]:
+        row_constraints = [constraints[row] for row in rows]
+        tokens = choose(mask_constrained(logits, row_constraints, eos_token_ids), rows)
+        advance(row_constraints, tokens, eos_token_ids)
+        return tokens
+
+    return choose_within_grammar
 
 
 def length_sorted(sequences: list[_Sequence]) -> list[int]:
@@ -187,7 +199,7 @@ class TransformersBackend:
         return input_ids.to(self.model.device), attention_mask.to(self.model.device)
 
     def _generate_batch(self, batch: list[_Sequence], params: SamplingParams) -> list[Generation]:
-        if self._decoder is not None and all(sequence.json_schema is None for sequence in batch):
+        if self._decoder is not None:
             rows = self._generate_packed(batch, params)
         else:
             rows = self._generate_with_generate(batch, params)
@@ -209,6 +221,9 @@ class TransformersBackend:
             def choose(logits: torch.Tensor, rows: list[int]) -> list[int]:
                 return logits.argmax(dim=-1).tolist()
 
+        if any(sequence.json_schema is not None for sequence in batch):
+            constraints = schema_constraints(self.tokenizer, [s.json_schema for s in batch], self.eos_token_ids)
+            choose = constrained(choose, constraints, self.eos_token_ids)
         prompts = [sequence.prompt_ids for sequence in batch]
         return generate_tokens(self._decoder, prompts, params.max_new_tokens, choose, set(self.eos_token_ids))
 

@@ -19,8 +19,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..backends.constrained import RowConstraint
 from ..backends.transformers_backend import eos_token_ids
-from .constraints import RowConstraint
 from .protocol import SamplingOptions, SequenceResult, TokenInfo
 from .sampling import RowState, choose
 

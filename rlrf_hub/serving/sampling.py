@@ -15,8 +15,8 @@ from functools import partial
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TypicalLogitsWarper
 
+from ..backends.constrained import RowConstraint, mask_constrained
 from ..backends.nucleus import top_p_mask
-from .constraints import RowConstraint, mask_constrained
 from .protocol import SamplingOptions
 
 
