@@ -6,6 +6,9 @@ Ways to generate one completion per prompt, measured side by side in one process
   template, length sorting, per-row seeded sampling, rows checkpointed to parquet);
 - refinement: the refinement stage on the candidates of this run, each given the same short feedback text in
   place of a judge's (`rlrf_hub.stages.refinements.refinement_jobs`, one refinement per prompt);
+- feedback: the judge of the feedback stage (`rlrf_hub.feedback.judge.rate_responses`, JSON-schema constrained, no
+  verifier) rating the candidates of this run, through the packed decoder;
+- feedback_generate: the same judge calls through `model.generate` (`TransformersBackend(packed=False)`);
 - gsm8k_eval: the GSM8K evaluation (`rlrf_hub.evaluation.gsm8k.run_gsm8k`, greedy) on as many test problems;
 - raw: `model.generate` on left-padded batches of the same size, prompts in file order, built-in sampling;
 - one_at_a_time: `model.generate` on each prompt alone.
@@ -44,6 +47,8 @@ import torch
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.transformers_backend import TransformersBackend, completion_length
 from rlrf_hub.evaluation import gsm8k
+from rlrf_hub.feedback.judge import FeedbackSettings, aspects_for, rate_responses
+from rlrf_hub.feedback.templates import rating_messages
 from rlrf_hub.ids import prompt_id
 from rlrf_hub.publishing import StageCheckpoint
 from rlrf_hub.stages.candidates import candidate_jobs
@@ -53,7 +58,8 @@ from rlrf_hub.stages.sampling import SamplingJob, sample_responses
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 DEFAULT_DATA = DATA_DIR / "train.jsonl"
 DEFAULT_EVAL_DATA = DATA_DIR / "test.jsonl"
-STAGES = ("candidate", "refinement", "gsm8k_eval")
+STAGES = ("candidate", "refinement", "feedback", "gsm8k_eval")
+RATIOS = (("candidate", "raw"), ("candidate", "one_at_a_time"), ("feedback", "feedback_generate"))
 FIXED_FEEDBACK = "The reasoning skips steps. Show every calculation and end with the final number."
 
 
@@ -274,6 +280,35 @@ def fixed_feedback(candidates: list[dict]) -> list[dict]:
     ]
 
 
+def judge_tokens(
+    backend: TransformersBackend, candidates: list[dict], prompts: dict[str, dict], max_new_tokens: int
+) -> int:
+    stats: dict = {}
+    rate_responses(candidates, prompts, {}, backend, judge_settings(max_new_tokens), 0, stats)
+    return stats["judge_tokens"]
+
+
+def judge_settings(max_new_tokens: int) -> FeedbackSettings:
+    return FeedbackSettings(verifier_tasks=(), feedback_max_new_tokens=max_new_tokens, max_parse_retries=0)
+
+
+def feedback_methods(
+    backend: TransformersBackend, prompts: list[dict], candidates: list[dict], max_new_tokens: int
+) -> dict[str, Method]:
+    """The judge over the packed decoder and over `model.generate`, on the same candidates."""
+    by_id = {prompt["prompt_id"]: prompt for prompt in prompts}
+    names = aspects_for("math", judge_settings(max_new_tokens).aspect_mode, 3)
+    messages = [rating_messages(by_id[row["prompt_id"]]["prompt"], row["response"], names, None) for row in candidates]
+    unpacked = TransformersBackend(
+        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, packed=False
+    )
+    prompt_tokens = count_prompt_tokens(backend, messages)
+    return {
+        name: Method(partial(judge_tokens, judge, candidates, by_id, max_new_tokens), prompt_tokens, len(candidates))
+        for name, judge in (("feedback", backend), ("feedback_generate", unpacked))
+    }
+
+
 def eval_tokens(backend: TransformersBackend, items: list[gsm8k.GSM8KItem], params: SamplingParams) -> int:
     rows, _ = gsm8k.run_gsm8k(backend, items, None, params).tables["items"]
     return sum(row["num_tokens"] for row in rows)
@@ -295,15 +330,18 @@ def count_prompt_tokens(backend: TransformersBackend, messages: list[list[dict[s
 def stage_methods(
     args: argparse.Namespace, backend: TransformersBackend, prompts: list[dict], params: SamplingParams
 ) -> dict[str, Method]:
-    """The stages of `args.stages`; the refinement jobs are built from one untimed pass of the candidate stage."""
+    """The stages of `args.stages`; refinements and feedback work on one untimed pass of the candidate stage."""
     methods = {}
     jobs = candidate_jobs(prompts)
     if "candidate" in args.stages:
         methods["candidate"] = sampling_method(backend, jobs, params, "candidate")
-    if "refinement" in args.stages:
+    if {"refinement", "feedback"} & set(args.stages):
         candidates = sample_stage(backend, jobs, params, "candidate")
+    if "refinement" in args.stages:
         refine = refinement_jobs(prompts, candidates, fixed_feedback(candidates))
         methods["refinement"] = sampling_method(backend, refine, params, "refinement")
+    if "feedback" in args.stages:
+        methods |= feedback_methods(backend, prompts, candidates, args.max_new_tokens)
     if "gsm8k_eval" in args.stages:
         items, _ = gsm8k.load_gsm8k(args.eval_data, "test", args.prompts)
         greedy = replace(gsm8k.POLICY_PARAMS, max_new_tokens=args.max_new_tokens)
@@ -397,10 +435,10 @@ def report(runs: dict[str, list[Run]], gflops: float) -> dict[str, float]:
         summary[f"{name}_peak_rss_mb"] = max(run.peak_rss_mb for run in method_runs)
         if best.peak_gpu_mb is not None:
             summary[f"{name}_peak_gpu_mb"] = max(run.peak_gpu_mb or 0.0 for run in method_runs)
-    for baseline in ("raw", "one_at_a_time"):
-        if "candidate" in runs and baseline in runs:
-            summary[f"candidate_over_{baseline}"] = (
-                summary["candidate_tokens_per_s"] / summary[f"{baseline}_tokens_per_s"]
+    for stage, baseline in RATIOS:
+        if stage in runs and baseline in runs:
+            summary[f"{stage}_over_{baseline}"] = (
+                summary[f"{stage}_tokens_per_s"] / summary[f"{baseline}_tokens_per_s"]
             )
     return summary
 
@@ -412,9 +450,9 @@ def print_table(summary: dict[str, Any], names: list[str]) -> None:
         values = [f"{summary[f'{name}_{key}']:>12.1f}" for key in columns.values()]
         share, rss = summary[f"{name}_share_of_compute_limit"], summary[f"{name}_peak_rss_mb"]
         print(" ".join([f"{name:>14}", *values, f"{share:>8.2%}", f"{rss:>11.0f}"]))
-    for baseline in ("raw", "one_at_a_time"):
-        if f"candidate_over_{baseline}" in summary:
-            print(f"candidate / {baseline}: {summary[f'candidate_over_{baseline}']:.3f}")
+    for stage, baseline in RATIOS:
+        if f"{stage}_over_{baseline}" in summary:
+            print(f"{stage} / {baseline}: {summary[f'{stage}_over_{baseline}']:.3f}")
     print(
         f"matmul {summary['matmul_gflops']:.1f} GFLOP/s on {summary['threads']} threads; "
         f"process VmHWM {summary['vm_hwm_mb']:.0f} MB"

@@ -101,11 +101,9 @@ def test_constrained_rows_take_the_packed_path_and_decode_as_generate_does(backe
     ]
     params = SamplingParams(max_new_tokens=40, do_sample=False)
     packed = backend.generate(requests, params)
-    decoder, backend._decoder = backend._decoder, None
-    try:
-        with_generate = backend.generate(requests, params)
-    finally:
-        backend._decoder = decoder
+    unpacked = TransformersBackend(backend.model, backend.tokenizer, backend.model_id, batch_size=4, packed=False)
+    assert unpacked._decoder is None
+    with_generate = unpacked.generate(requests, params)
     assert [g[0].text for g in packed] == [g[0].text for g in with_generate]
     for generations in (packed[0], packed[2]):
         assert generations[0].finish_reason == "stop"

@@ -126,7 +126,8 @@ class TransformersBackend:
         model: a causal LM in eval mode, on the device to generate on.
         tokenizer: its fast tokenizer, with a chat template.
         model_id, revision, adapter: who generates, recorded for lineage.
-        batch_size: sequences per `model.generate` call.
+        batch_size: sequences per batch.
+        packed: use the packed decoder where the model supports it; `False` always goes through `model.generate`.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class TransformersBackend:
         revision: str | None = None,
         adapter: str | None = None,
         batch_size: int = 32,
+        packed: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -150,7 +152,7 @@ class TransformersBackend:
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         self.total_tokens = 0
-        self._decoder = PackedDecoder(model) if supports(model) else None
+        self._decoder = PackedDecoder(model) if packed and supports(model) else None
 
     @classmethod
     def from_pretrained(
