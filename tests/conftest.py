@@ -49,7 +49,11 @@ def write_recipe(path: Path, **values) -> Path:
 
 def tiny_recipe(data: Path, output_dir: Path, **overrides) -> dict:
     """A recipe for the whole loop on the tiny model: real prompts, tiny sizes, published as local folders
-    (`hub_endpoint: none`) unless a test asks for a Hub."""
+    (`hub_endpoint: none`) unless a test asks for a Hub.
+
+    The random tiny judge rates a response 1 on an aspect about a third of the time, so a positive (1 on every
+    rated aspect) needs few aspects: with one general aspect every iteration has positives for any sampling path,
+    where three left some seeds (and some decoders) with no training pair at all."""
     recipe = {
         "run_name": "tiny",
         "output_dir": str(output_dir),
@@ -86,6 +90,7 @@ def tiny_recipe(data: Path, output_dir: Path, **overrides) -> dict:
         "generation_batch_size": 8,
         "feedback_model": "embedded:tiny",
         "feedback_max_new_tokens": 96,
+        "num_general_aspects": 1,
         "feedback_batch_size": 8,
         "max_parse_retries": 1,
         "top_k": 2,
