@@ -10,6 +10,10 @@ Ways to generate one completion per prompt, measured side by side in one process
   verifier) rating the candidates of this run, through the packed decoder;
 - feedback_generate: the same judge calls through `model.generate` (`TransformersBackend(packed=False)`);
 - gsm8k_eval: the GSM8K evaluation (`rlrf_hub.evaluation.gsm8k.run_gsm8k`, greedy) on as many test problems;
+- factscore_support: FactScore's support checks (`FactScorer.verify`: up to 5 passages and one atomic fact per
+  prompt, a JSON verdict) on as many of FActScore's human atomic facts, in file order (so grouped by entity, as an
+  evaluation asks them), through the packed decoder; factscore_support_generate: the same through `model.generate`.
+  Their replies are a few tokens, so their tokens/s is low by nature; their share and ratio are what count;
 - raw: `model.generate` on left-padded batches of the same size, prompts in file order, built-in sampling;
 - one_at_a_time: `model.generate` on each prompt alone.
 
@@ -47,6 +51,8 @@ import torch
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.transformers_backend import TransformersBackend, completion_length
 from rlrf_hub.evaluation import gsm8k
+from rlrf_hub.evaluation.factscore import FactScorer, KnowledgeSource, load_labeled
+from rlrf_hub.evaluation.factscore.verify import verify_messages
 from rlrf_hub.feedback.judge import FeedbackSettings, aspects_for, rate_responses
 from rlrf_hub.feedback.templates import rating_messages
 from rlrf_hub.ids import prompt_id
@@ -58,8 +64,16 @@ from rlrf_hub.stages.sampling import SamplingJob, sample_responses
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 DEFAULT_DATA = DATA_DIR / "train.jsonl"
 DEFAULT_EVAL_DATA = DATA_DIR / "test.jsonl"
-STAGES = ("candidate", "refinement", "feedback", "gsm8k_eval")
-RATIOS = (("candidate", "raw"), ("candidate", "one_at_a_time"), ("feedback", "feedback_generate"))
+FACTSCORE_DIR = DATA_DIR.parent / "factscore"
+DEFAULT_LABELED = FACTSCORE_DIR / "labeled" / "ChatGPT.jsonl"
+DEFAULT_KNOWLEDGE = FACTSCORE_DIR / "wikipedia" / "wikipedia_reference_text.json"
+STAGES = ("candidate", "refinement", "feedback", "gsm8k_eval", "factscore_support")
+RATIOS = (
+    ("candidate", "raw"),
+    ("candidate", "one_at_a_time"),
+    ("feedback", "feedback_generate"),
+    ("factscore_support", "factscore_support_generate"),
+)
 FIXED_FEEDBACK = "The reasoning skips steps. Show every calculation and end with the final number."
 
 
@@ -68,6 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--data", default=DEFAULT_DATA, help="JSONL file whose `question` fields are the prompts")
     parser.add_argument("--eval-data", default=DEFAULT_EVAL_DATA, help="GSM8K test problems for gsm8k_eval")
+    parser.add_argument("--labeled", default=DEFAULT_LABELED, help="FActScore labeled JSONL for factscore_support")
+    parser.add_argument("--knowledge", default=DEFAULT_KNOWLEDGE, help="knowledge source for factscore_support")
     parser.add_argument("--stages", type=parse_stages, default=STAGES, help=f"comma list of {', '.join(STAGES)}")
     parser.add_argument("--prompts", type=int, default=32, help="prompts per stage (and GSM8K problems)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -314,6 +330,37 @@ def eval_tokens(backend: TransformersBackend, items: list[gsm8k.GSM8KItem], para
     return sum(row["num_tokens"] for row in rows)
 
 
+def support_claims(labeled: str | Path, knowledge: KnowledgeSource, limit: int) -> list[tuple[str, str]]:
+    """The first `limit` human atomic facts, as `(topic, fact)`, of entities the knowledge source has."""
+    rows = [row for row in load_labeled(labeled) if knowledge.passages(row.topic)]
+    return [(row.topic, fact.text) for row in rows for fact in row.facts][:limit]
+
+
+def support_tokens(scorer: FactScorer, claims: list[tuple[str, str]]) -> int:
+    before = scorer.judge.total_tokens
+    scorer.verify(claims)
+    return scorer.judge.total_tokens - before
+
+
+def support_methods(args: argparse.Namespace, backend: TransformersBackend) -> dict[str, Method]:
+    """FactScore's support checks over the packed decoder and over `model.generate`, on the same facts."""
+    knowledge = KnowledgeSource.load(args.knowledge)
+    claims = support_claims(args.labeled, knowledge, args.prompts)
+    unpacked = TransformersBackend(
+        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, packed=False
+    )
+    scorer = FactScorer(backend, knowledge)
+    messages = [
+        verify_messages(topic, fact, knowledge.retrieve(topic, f"{topic} {fact}", scorer.settings.num_passages))
+        for topic, fact in claims
+    ]
+    prompt_tokens = count_prompt_tokens(backend, messages)
+    return {
+        name: Method(partial(support_tokens, FactScorer(judge, knowledge), claims), prompt_tokens, len(claims))
+        for name, judge in (("factscore_support", backend), ("factscore_support_generate", unpacked))
+    }
+
+
 def sampling_method(
     backend: TransformersBackend, jobs: list[SamplingJob], params: SamplingParams, origin: str
 ) -> Method:
@@ -349,6 +396,8 @@ def stage_methods(
         methods["gsm8k_eval"] = Method(
             partial(eval_tokens, backend, items, greedy), count_prompt_tokens(backend, messages), len(items)
         )
+    if "factscore_support" in args.stages:
+        methods |= support_methods(args, backend)
     return methods
 
 

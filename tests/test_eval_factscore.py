@@ -253,10 +253,12 @@ class LazyJudge:
 
     def __init__(self):
         self.sentences: list[str] = []
+        self.prompts: list[str] = []
 
     def generate(self, requests, params, desc=None):
         replies = []
         for request in requests:
+            self.prompts.append(request.messages[0]["content"])
             properties = request.json_schema["properties"]
             if "facts" in properties:
                 sentence = request.messages[0]["content"].rsplit("Sentence: ", 1)[1].split("\n")[0]
@@ -275,6 +277,24 @@ class BioPolicy:
         text = "Sure!\nHere is a short bio:\n{0} was born in Lyon. {0} played football for Lille. I hope this helps!"
         topics = [request.messages[0]["content"].removeprefix("Tell me a bio of ").rstrip(".") for request in requests]
         return [[Generation(text.format(topic), 30, "stop")] for topic in topics]
+
+
+def test_support_checks_show_the_retrieved_passages_in_the_articles_order(wikipedia):
+    """Ranked order would put each fact's best passage first, so facts that retrieve the same passages would not
+    share their prompts up to the fact, and the packed decoder could not compute that part once."""
+    judge = LazyJudge()
+    scorer = FactScorer(judge, wikipedia, settings=FactScoreSettings(num_passages=3))
+    facts = [
+        "Andreas Kisser was married to Patricia Perissinotto.",
+        "Andreas Kisser was born in São Bernardo do Campo.",
+    ]
+    verdicts = scorer.verify([("Andreas Kisser", fact) for fact in facts])
+    for fact, (_, _, shown), prompt in zip(facts, verdicts, judge.prompts, strict=True):
+        ranked = [p.index for p in wikipedia.retrieve("Andreas Kisser", f"Andreas Kisser {fact}", 3)]
+        assert ranked != sorted(ranked), "a fact whose ranking differs from the article's order"
+        assert shown == sorted(ranked)
+        texts = [p.text for p in wikipedia.passages("Andreas Kisser")]
+        assert sorted(prompt.index(texts[i]) for i in shown) == [prompt.index(texts[i]) for i in shown]
 
 
 def test_states_nothing_sets_aside_only_sentences_without_claims():

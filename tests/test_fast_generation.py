@@ -8,7 +8,7 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.nucleus import SeededNucleusSampler, nucleus, top_p_mask
-from rlrf_hub.backends.packed_decode import PackedDecoder, generate_tokens, supports
+from rlrf_hub.backends.packed_decode import PackedDecoder, generate_tokens, prefix_tree, supports
 from rlrf_hub.backends.transformers_backend import TransformersBackend
 from rlrf_hub.models import load_causal_lm, load_tokenizer
 
@@ -41,6 +41,31 @@ def test_prefill_logits_match_a_plain_forward_pass_with_shared_and_repeated_prom
             expected = backend.model(torch.tensor([ids])).logits[0, -1]
             torch.testing.assert_close(logits[row], expected, rtol=1e-4, atol=1e-4)
             assert int(cache.lengths[row]) == len(ids)
+
+
+def test_prefill_computes_shared_prefixes_once_at_every_depth_and_matches_a_forward_pass(backend):
+    """A judge's prompts share a rubric, then a question, then diverge; one prompt ends inside another."""
+    base = prompts_for(backend, ["passages about one entity come first, then the statement to check"])[0]
+    prompts = [
+        base + [11, 12, 13],
+        base + [11, 12, 14, 15],
+        base + [11, 16],
+        base[:-3],
+        base + [11, 12, 13],
+        [7, 8, 9],
+    ]
+    segments, ends = prefix_tree(list(dict.fromkeys(map(tuple, prompts))))
+    assert sum(len(segment.tokens) for segment in segments) == len(base) + 9
+    assert all(segment.parent < index for index, segment in enumerate(segments))
+    decoder = PackedDecoder(backend.model)
+    with torch.inference_mode():
+        cache, logits = decoder.prefill(prompts, capacity=max(map(len, prompts)) + 2)
+        following = torch.tensor([21 + row for row in range(len(prompts))])
+        stepped = decoder.step(cache, following, torch.arange(len(prompts)))
+        for row, ids in enumerate(prompts):
+            expected = backend.model(torch.tensor([ids + [21 + row]])).logits[0]
+            torch.testing.assert_close(logits[row], expected[-2], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(stepped[row], expected[-1], rtol=1e-4, atol=1e-4)
 
 
 def test_decode_steps_match_a_plain_forward_pass_while_rows_drop_out(backend):

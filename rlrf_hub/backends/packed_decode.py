@@ -4,8 +4,9 @@ On 2 CPU cores `generate` spends as much time around the model as in it: prompts
 (about half the prefill was padding on GSM8K batches), the cache is concatenated at every step, and rows that
 ended keep going through every layer. Here:
 
-- prefill packs the batch's distinct prompts end to end; the tokens all of them share (the chat template's system
-  prompt) are computed once, and a prompt sampled `n` times is computed once;
+- prefill packs the batch's distinct prompts end to end as a prefix tree: tokens that several prompts start with
+  (the chat template's system prompt, a judge's rubric and question before the answers it rates, the passages
+  of one entity before each fact) are computed once, and a prompt sampled `n` times is computed once;
 - each row's keys and values go to a preallocated cache `[rows, kv_heads, capacity, head_dim]`, written in place;
 - only rows still generating go through the projections, the MLP and the LM head (attention, which is cheap at
   these lengths, runs over all rows so the cache is never gathered or compacted).
@@ -46,16 +47,43 @@ class Cache:
     lengths: torch.Tensor  # [rows]: filled positions per row
 
 
-def _common_prefix(prompts: list[list[int]]) -> int:
-    """Tokens shared by every prompt, leaving each prompt at least one token of its own."""
-    if len(prompts) < 2:
-        return 0
-    limit = min(len(ids) for ids in prompts) - 1
+@dataclass
+class Segment:
+    """Tokens of the prefix tree (a radix tree): they follow `parent`'s tokens and start at position `start`."""
+
+    tokens: list[int]
+    start: int
+    parent: int  # -1 at the root
+
+
+def _shared_length(prompts: list[tuple[int, ...]], depth: int) -> int:
     first = prompts[0]
-    shared = 0
+    limit = min(len(ids) for ids in prompts)
+    shared = depth
     while shared < limit and all(ids[shared] == first[shared] for ids in prompts):
         shared += 1
-    return shared
+    return shared - depth
+
+
+def prefix_tree(prompts: list[tuple[int, ...]]) -> tuple[list[Segment], list[int]]:
+    """The segments of distinct, non-empty `prompts`, each after its parent, and the segment each prompt ends in."""
+    segments: list[Segment] = []
+    ends = [-1] * len(prompts)
+    groups = [(list(range(len(prompts))), 0, -1)]
+    while groups:
+        group, depth, parent = groups.pop()
+        shared = _shared_length([prompts[i] for i in group], depth)
+        if shared:
+            segments.append(Segment(list(prompts[group[0]][depth : depth + shared]), depth, parent))
+            parent, depth = len(segments) - 1, depth + shared
+        branches: dict[int, list[int]] = {}
+        for i in group:
+            if len(prompts[i]) == depth:
+                ends[i] = parent
+            else:
+                branches.setdefault(prompts[i][depth], []).append(i)
+        groups.extend((branch, depth, parent) for branch in branches.values())
+    return segments, ends
 
 
 class PackedDecoder:
@@ -95,75 +123,53 @@ class PackedDecoder:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.base.norm(hidden)).float()
 
-    def _run_prefix(self, tokens: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Keys and values ([kv_heads, length, head_dim] per layer) of the tokens every prompt starts with."""
-        keys, values = [], []
-        if not tokens:
-            return keys, values
-        x = self.base.embed_tokens(torch.tensor(tokens))
-        cos, sin = self._rotary(x, torch.arange(len(tokens)))
-        for layer in self.base.layers:
-            q, k, v = self._qkv(layer, x, cos, sin)
-            keys.append(k.transpose(0, 1))
-            values.append(v.transpose(0, 1))
-            out = F.scaled_dot_product_attention(
-                q.transpose(0, 1), keys[-1], values[-1], is_causal=True, enable_gqa=True
-            )
-            x = self._finish_layer(layer, x, out.transpose(0, 1))
-        return keys, values
-
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[Cache, torch.Tensor]:
         """A cache holding every prompt, with room for `capacity` positions per row, and each row's next logits."""
         distinct = list(dict.fromkeys(tuple(ids) for ids in prompts))
+        segments, ends = prefix_tree(distinct)
+        sizes = [len(segment.tokens) for segment in segments]
+        starts = _starts(sizes)
+        x = self.base.embed_tokens(torch.tensor([t for segment in segments for t in segment.tokens]))
+        positions = [torch.arange(segment.start, segment.start + len(segment.tokens)) for segment in segments]
+        cos, sin = self._rotary(x, torch.cat(positions))
         which = {ids: index for index, ids in enumerate(distinct)}
-        shared = _common_prefix([list(ids) for ids in distinct])
-        prefix_keys, prefix_values = self._run_prefix(list(distinct[0][:shared]))
-        suffixes = [ids[shared:] for ids in distinct]
-        sizes = [len(s) for s in suffixes]
-        x = self.base.embed_tokens(torch.tensor([t for s in suffixes for t in s]))
-        cos, sin = self._rotary(x, torch.cat([torch.arange(shared, shared + n) for n in sizes]))
-        distinct_keys, distinct_values = [], []
+        row_segments = [ends[which[tuple(ids)]] for ids in prompts]
+        cache = self._empty_cache(len(prompts), capacity)
         for index, layer in enumerate(self.base.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
             out = torch.empty_like(q)
-            layer_keys, layer_values = [], []
-            for start, size in zip(_starts(sizes), sizes, strict=True):
+            chains: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for segment, start, size in zip(segments, starts, sizes, strict=True):
                 keys = k[start : start + size].transpose(0, 1)
                 values = v[start : start + size].transpose(0, 1)
-                if shared:
-                    keys = torch.cat((prefix_keys[index], keys), dim=1)
-                    values = torch.cat((prefix_values[index], values), dim=1)
-                mask = torch.ones(size, shared + size, dtype=torch.bool).tril(diagonal=shared)
+                if segment.parent >= 0:
+                    keys = torch.cat((chains[segment.parent][0], keys), dim=1)
+                    values = torch.cat((chains[segment.parent][1], values), dim=1)
+                mask = torch.ones(size, segment.start + size, dtype=torch.bool).tril(diagonal=segment.start)
                 attended = F.scaled_dot_product_attention(
                     q[start : start + size].transpose(0, 1), keys, values, attn_mask=mask, enable_gqa=True
                 )
                 out[start : start + size] = attended.transpose(0, 1)
-                layer_keys.append(keys)
-                layer_values.append(values)
-            distinct_keys.append(layer_keys)
-            distinct_values.append(layer_values)
+                chains.append((keys, values))
+            for row, segment in enumerate(row_segments):
+                keys, values = chains[segment]
+                cache.keys[index][row, :, : keys.shape[1]] = keys
+                cache.values[index][row, :, : values.shape[1]] = values
             x = self._finish_layer(layer, x, out)
-        last = torch.tensor([start + size - 1 for start, size in zip(_starts(sizes), sizes, strict=True)])
+        last = torch.tensor([starts[segment] + sizes[segment] - 1 for segment in ends])
         distinct_logits = self.logits(x[last])
-        rows = [which[tuple(ids)] for ids in prompts]
-        cache = self._fill_cache(distinct_keys, distinct_values, rows, capacity)
         cache.lengths = torch.tensor([len(ids) for ids in prompts])
-        return cache, distinct_logits[rows]
+        return cache, distinct_logits[[which[tuple(ids)] for ids in prompts]]
 
-    def _fill_cache(self, keys, values, rows: list[int], capacity: int) -> Cache:
-        shape = (len(rows), self.kv_heads, capacity, self.head_dim)
-        dtype = keys[0][0].dtype
-        cache = Cache([], [], torch.zeros(0))
-        for layer_keys, layer_values in zip(keys, values, strict=True):
-            cache_keys = torch.zeros(shape, dtype=dtype)
-            cache_values = torch.zeros(shape, dtype=dtype)
-            for row, source in enumerate(rows):
-                length = layer_keys[source].shape[1]
-                cache_keys[row, :, :length] = layer_keys[source]
-                cache_values[row, :, :length] = layer_values[source]
-            cache.keys.append(cache_keys)
-            cache.values.append(cache_values)
-        return cache
+    def _empty_cache(self, rows: int, capacity: int) -> Cache:
+        shape = (rows, self.kv_heads, capacity, self.head_dim)
+        dtype = self.base.embed_tokens.weight.dtype
+        layers = range(len(self.base.layers))
+        return Cache(
+            [torch.zeros(shape, dtype=dtype) for _ in layers],
+            [torch.zeros(shape, dtype=dtype) for _ in layers],
+            torch.zeros(rows, dtype=torch.long),
+        )
 
     def step(self, cache: Cache, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Feed one token to each of `rows` (at its next position); returns their next-token logits."""

@@ -115,11 +115,18 @@ def length_sorted(sequences: list[_Sequence]) -> list[int]:
     return sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].prompt_ids), i))
 
 
+def prefix_sorted(sequences: list[_Sequence]) -> list[int]:
+    """Indices of `sequences` in the order of their prompt tokens, so that prompts starting alike share a batch
+    (where the packed decoder computes what they share once), ties in request order."""
+    return sorted(range(len(sequences)), key=lambda i: (sequences[i].prompt_ids, i))
+
+
 class TransformersBackend:
     """Generates with a transformers causal LM in this process (the `GenerationBackend` protocol).
 
-    Sequences of all requests are sorted by prompt length (longest first, so memory trouble shows at once)
-    and generated in batches of `batch_size`; results come back in request order.
+    Sequences of all requests are generated in batches of `batch_size`, sorted by their prompt tokens on the packed
+    path (prompts that start alike share a batch and their prefix) and by prompt length, longest first, through
+    `model.generate` (least padding); results come back in request order.
     Requests with a `json_schema` decode under llguidance constraints, mixed freely with free rows.
 
     Args:
@@ -248,7 +255,7 @@ class TransformersBackend:
     ) -> list[list[Generation]]:
         """Return, for each request, its `n` generations in order (see the module docstring on seeding)."""
         sequences = expand_requests(requests, self.encode_prompts([r.messages for r in requests]), params.seed)
-        order = length_sorted(sequences)
+        order = length_sorted(sequences) if self._decoder is None else prefix_sorted(sequences)
         results: list[list[Generation | None]] = [[None] * request.n for request in requests]
         with tqdm(total=len(sequences), desc=desc, unit="seq") as progress:
             for start in range(0, len(order), self.batch_size):

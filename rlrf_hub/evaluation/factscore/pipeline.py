@@ -2,7 +2,9 @@
 
 `FactScorer` holds the judge and the knowledge source: it splits answers into sentences, has the judge
 break each sentence into atomic facts, retrieves the `num_passages` best passages of the entity's article
-for each fact (BM25 on "<entity> <fact>") and has the judge decide support. A judge reply that cannot be
+for each fact (BM25 on "<entity> <fact>") and has the judge decide support. The passages are shown in the
+article's order, not by rank: facts about one entity that retrieve the same passages then share their prompt
+up to the fact itself, which the packed decoder computes once. A judge reply that cannot be
 read even after a retry counts the fact as not supported (the conservative reading) and is counted.
 Entities the knowledge source has no article for are skipped: without evidence every fact would read as
 unsupported.
@@ -185,7 +187,8 @@ class FactScorer:
         """Per `(topic, fact)`: supported or not, the judge's reply and the passages it was shown."""
         requests, shown = [], []
         for topic, fact in claims:
-            passages = self.knowledge.retrieve(topic, f"{topic} {fact}", self.settings.num_passages)
+            ranked = self.knowledge.retrieve(topic, f"{topic} {fact}", self.settings.num_passages)
+            passages = sorted(ranked, key=lambda passage: passage.index)
             shown.append([passage.index for passage in passages])
             requests.append(GenerationRequest(verify_messages(topic, fact, passages), json_schema=SUPPORT_SCHEMA))
         params = replace(JUDGE_PARAMS, max_new_tokens=self.settings.verify_max_new_tokens)
