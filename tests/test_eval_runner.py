@@ -152,6 +152,41 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model, capsys):
     assert "give --model" in capsys.readouterr().err
 
 
+class CallLog:
+    """The tiny backend, with every `generate` call's description, prompts and replies kept."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.model_id, self.revision, self.adapter = backend.model_id, backend.revision, backend.adapter
+        self.calls: list[tuple[str | None, list[str], list[str]]] = []
+
+    def generate(self, requests, params, desc=None):
+        outputs = self.backend.generate(requests, params, desc)
+        prompts = [request.messages[-1]["content"] for request in requests]
+        self.calls.append((desc, prompts, [generations[0].text for generations in outputs]))
+        return outputs
+
+
+def test_the_policy_answers_every_tasks_prompts_in_one_call(tmp_path, data_dir, tiny_backend):
+    """Three tasks of two items are one batch of six answers, not three batches of two."""
+    policy = CallLog(tiny_backend)
+    evaluate_policy(policy, ["gsm8k", "factscore", "just_eval"], tiny_backend, 2, tmp_path, _settings(data_dir))
+    ((desc, prompts, replies),) = policy.calls
+    assert desc == "answers" and len(prompts) == 6
+    answered = dict(zip(prompts, replies, strict=True))
+    gsm8k_items = load_dataset(str(tmp_path / "gsm8k/items"), split="train")
+    bios = load_dataset(str(tmp_path / "factscore/items"), split="train")
+    just_eval_items = load_dataset(str(tmp_path / "just_eval/items"), split="train")
+    saved = [
+        *zip(bios["prompt"], bios["response"], strict=True),
+        *zip(just_eval_items["instruction"], just_eval_items["response"], strict=True),
+    ]
+    assert all(answered[prompt] == response for prompt, response in saved)
+    assert sorted(gsm8k_items["response"]) == sorted(
+        reply for prompt, reply in answered.items() if any(q in prompt for q in gsm8k_items["question"])
+    )
+
+
 @pytest.fixture(scope="module")
 def served_judge_url(tiny_model):
     from rlrf_hub.serving.launch import start_server

@@ -94,6 +94,10 @@ def gsm8k_messages(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": PROMPT_TEMPLATE.format(question=question)}]
 
 
+def answer_requests(items: Sequence[GSM8KItem]) -> list[GenerationRequest]:
+    return [GenerationRequest(gsm8k_messages(item.question)) for item in items]
+
+
 def accuracy_result(
     correct: Sequence[bool], provenance: dict | None = None, item_ids: Sequence[str] | None = None
 ) -> TaskResult:
@@ -122,8 +126,7 @@ def run_gsm8k(
     params: SamplingParams = POLICY_PARAMS,
 ) -> TaskOutcome:
     """Answer every problem once (greedy by default) and score the final numbers."""
-    requests = [GenerationRequest(gsm8k_messages(item.question)) for item in items]
-    outputs = policy.generate(requests, params, desc="gsm8k")
+    outputs = policy.generate(answer_requests(items), params, desc="gsm8k")
     rows = []
     for item, generations in zip(items, outputs, strict=True):
         generation = generations[0]

@@ -317,6 +317,10 @@ def judge_messages(template: JudgeTemplate, instruction: str, candidate: str) ->
     return [{"role": "user", "content": template.render(instruction, candidate)}]
 
 
+def answer_requests(items: Sequence[JustEvalItem]) -> list[GenerationRequest]:
+    return [GenerationRequest([{"role": "user", "content": item.instruction}]) for item in items]
+
+
 def run_just_eval(
     policy: GenerationBackend,
     judge: GenerationBackend,
@@ -330,8 +334,7 @@ def run_just_eval(
 ) -> TaskOutcome:
     """Answer every instruction, have the judge score each answer, and aggregate (see the module docstring)."""
     templates = templates or resolve_templates()
-    requests = [GenerationRequest([{"role": "user", "content": item.instruction}]) for item in items]
-    answers = [outputs[0] for outputs in policy.generate(requests, params, desc="just-eval answers")]
+    answers = [outputs[0] for outputs in policy.generate(answer_requests(items), params, desc="just-eval answers")]
     judge_name = judge_identity(judge)
     judge_params = replace(JUDGE_PARAMS, max_new_tokens=judge_max_new_tokens)
     rows: list[dict] = []

@@ -17,15 +17,16 @@ Every row of a judged task names the judge in its `judge` column.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
-from ..backends.base import GenerationBackend, SamplingParams
+from ..backends.base import Generation, GenerationBackend, GenerationRequest, SamplingParams
 from . import gsm8k, just_eval
 from .factscore import TASK as FACTSCORE
 from .factscore import FactDecomposer, FactScorer, FactScoreSettings, KnowledgeSource, load_demos, load_topics
-from .factscore.pipeline import run_factscore
+from .factscore.pipeline import asked_topics, bio_requests, run_factscore
 from .records import TaskOutcome, save_tables
 from .results import EvaluationReport
 
@@ -119,42 +120,78 @@ def evaluate_policy(
         iteration=iteration,
     )
     params = settings.policy_params or replace(gsm8k.POLICY_PARAMS, max_new_tokens=settings.max_new_tokens)
-    for task in chosen:
-        outcome = _run_task(task, policy, judge, limit, settings, params)
-        _save_outcome(output_dir / task, outcome)
+    prepared = {task: _prepare_task(task, judge, limit, settings, params) for task in chosen}
+    answering = AnsweredFirst(policy, [r for task in prepared.values() for r in task.requests], params)
+    for name, task in prepared.items():
+        outcome = task.run(answering)
+        _save_outcome(output_dir / name, outcome)
         report.results.extend(outcome.results)
         report.save(output_dir)
     return report
 
 
-def _run_task(
+@dataclass
+class _Task:
+    requests: list[GenerationRequest]  # what the task asks the policy
+    run: Callable[[GenerationBackend], TaskOutcome]
+
+
+def _prepare_task(
     task: str,
-    policy: GenerationBackend,
     judge: GenerationBackend | None,
     limit: int | None,
     settings: EvaluationSettings,
     params: SamplingParams,
-) -> TaskOutcome:
+) -> _Task:
     if task == gsm8k.TASK:
         items, provenance = gsm8k.load_gsm8k(settings.gsm8k_source, settings.gsm8k_split, limit)
-        return gsm8k.run_gsm8k(policy, items, provenance, params)
+        return _Task(gsm8k.answer_requests(items), lambda policy: gsm8k.run_gsm8k(policy, items, provenance, params))
     if task == just_eval.TASK:
         items, provenance = just_eval.load_just_eval(settings.just_eval_source, settings.just_eval_split, limit)
         templates = just_eval.resolve_templates(settings.judge_template, settings.judge_safety_template)
-        return just_eval.run_just_eval(
-            policy,
-            judge,
-            items,
-            templates,
-            provenance,
-            params,
+        run = partial(
+            just_eval.run_just_eval,
+            judge=judge,
+            items=items,
+            templates=templates,
+            provenance=provenance,
+            params=params,
             judge_max_new_tokens=settings.judge_max_new_tokens,
             reason_max_chars=settings.reason_max_chars,
             retries=settings.judge_retries,
         )
+        return _Task(just_eval.answer_requests(items), run)
     scorer = factscore_scorer(judge, settings)
     topics, provenance = load_topics(settings.factscore_topics, scorer.knowledge)
-    return run_factscore(policy, scorer, topics, provenance, params, limit)
+    topics = asked_topics(topics, scorer.knowledge, limit)
+    return _Task(bio_requests(topics), lambda policy: run_factscore(policy, scorer, topics, provenance, params))
+
+
+class AnsweredFirst:
+    """The policy, with its answers to every task's prompts generated in one call before any task runs.
+
+    Each task asks the policy once, for few prompts in the CPU recipes; on 2 cores a decoding step of 3 rows costs
+    nearly what a step of 9 does, so answering every task's prompts together saves most of two tasks' answer time.
+    A task's own call then reads its answers; any other call goes to the policy.
+    """
+
+    def __init__(self, policy: GenerationBackend, requests: list[GenerationRequest], params: SamplingParams):
+        self.policy, self.params = policy, params
+        self.model_id, self.revision, self.adapter = policy.model_id, policy.revision, policy.adapter
+        outputs = policy.generate(requests, params, desc="answers") if requests else []
+        self.answers = {_request_key(r): out for r, out in zip(requests, outputs, strict=True)}
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams, desc: str | None = None
+    ) -> list[list[Generation]]:
+        keys = [_request_key(request) for request in requests]
+        if params == self.params and all(key in self.answers for key in keys):
+            return [self.answers[key] for key in keys]
+        return self.policy.generate(requests, params, desc)
+
+
+def _request_key(request: GenerationRequest) -> str:
+    return json.dumps([request.messages, request.n, request.json_schema], sort_keys=True)
 
 
 def factscore_scorer(judge: GenerationBackend, settings: EvaluationSettings) -> FactScorer:

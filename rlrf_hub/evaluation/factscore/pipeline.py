@@ -245,6 +245,21 @@ def load_topics(source: str | Path | None, knowledge: KnowledgeSource) -> tuple[
     return topics, {"dataset_id": records.dataset_id, "dataset_revision": records.revision, "split": records.split}
 
 
+def asked_topics(topics: Sequence[str], knowledge: KnowledgeSource, limit: int | None) -> list[str]:
+    """The first `limit` of `topics` that the knowledge source has an article for (a warning names the others)."""
+    known = [topic for topic in topics if topic in knowledge]
+    if len(known) < len(topics):
+        skipped, name = len(topics) - len(known), knowledge.name
+        logger.warning("FactScore: %d of %d entities have no article in %s; skipped", skipped, len(topics), name)
+    if not known:
+        raise ValueError(f"none of the {len(topics)} entities has an article in {knowledge.name}")
+    return known[:limit] if limit is not None else known
+
+
+def bio_requests(topics: Sequence[str]) -> list[GenerationRequest]:
+    return [GenerationRequest([{"role": "user", "content": bio_prompt(topic)}]) for topic in topics]
+
+
 def run_factscore(
     policy: GenerationBackend,
     scorer: FactScorer,
@@ -254,16 +269,8 @@ def run_factscore(
     limit: int | None = None,
 ) -> TaskOutcome:
     """Ask the policy for a bio of each entity the knowledge source covers (the first `limit`) and score them."""
-    known = [topic for topic in topics if topic in scorer.knowledge]
-    if len(known) < len(topics):
-        skipped = len(topics) - len(known)
-        name = scorer.knowledge.name
-        logger.warning("FactScore: %d of %d entities have no article in %s; skipped", skipped, len(topics), name)
-    if not known:
-        raise ValueError(f"none of the {len(topics)} entities has an article in {scorer.knowledge.name}")
-    known = known[:limit] if limit is not None else known
-    requests = [GenerationRequest([{"role": "user", "content": bio_prompt(topic)}]) for topic in known]
-    generations = [outputs[0] for outputs in policy.generate(requests, params, desc="factscore bios")]
+    known = asked_topics(topics, scorer.knowledge, limit)
+    generations = [outputs[0] for outputs in policy.generate(bio_requests(known), params, desc="factscore bios")]
     scored = scorer.score_answers(known, [generation.text for generation in generations])
     summary = summarize([answer.as_response_facts() for answer in scored], scorer.settings.gamma)
     items, facts = _tables(scored, generations, scorer)
