@@ -315,14 +315,18 @@ def feedback_methods(
     by_id = {prompt["prompt_id"]: prompt for prompt in prompts}
     names = aspects_for("math", judge_settings(max_new_tokens).aspect_mode, 3)
     messages = [rating_messages(by_id[row["prompt_id"]]["prompt"], row["response"], names, None) for row in candidates]
-    unpacked = TransformersBackend(
-        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, packed=False
-    )
     prompt_tokens = count_prompt_tokens(backend, messages)
     return {
         name: Method(partial(judge_tokens, judge, candidates, by_id, max_new_tokens), prompt_tokens, len(candidates))
-        for name, judge in (("feedback", backend), ("feedback_generate", unpacked))
+        for name, judge in (("feedback", backend), ("feedback_generate", through_generate(backend)))
     }
+
+
+def through_generate(backend: TransformersBackend) -> TransformersBackend:
+    """The same model and batch size, always decoding through `model.generate`."""
+    return TransformersBackend(
+        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, packed=False
+    )
 
 
 def eval_tokens(backend: TransformersBackend, items: list[gsm8k.GSM8KItem], params: SamplingParams) -> int:
@@ -346,18 +350,18 @@ def support_methods(args: argparse.Namespace, backend: TransformersBackend) -> d
     """FactScore's support checks over the packed decoder and over `model.generate`, on the same facts."""
     knowledge = KnowledgeSource.load(args.knowledge)
     claims = support_claims(args.labeled, knowledge, args.prompts)
-    unpacked = TransformersBackend(
-        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, packed=False
-    )
-    scorer = FactScorer(backend, knowledge)
+    scorers = {
+        "factscore_support": FactScorer(backend, knowledge),
+        "factscore_support_generate": FactScorer(through_generate(backend), knowledge),
+    }
+    passages = scorers["factscore_support"].settings.num_passages
     messages = [
-        verify_messages(topic, fact, knowledge.retrieve(topic, f"{topic} {fact}", scorer.settings.num_passages))
-        for topic, fact in claims
+        verify_messages(topic, fact, knowledge.retrieve(topic, f"{topic} {fact}", passages)) for topic, fact in claims
     ]
     prompt_tokens = count_prompt_tokens(backend, messages)
     return {
-        name: Method(partial(support_tokens, FactScorer(judge, knowledge), claims), prompt_tokens, len(claims))
-        for name, judge in (("factscore_support", backend), ("factscore_support_generate", unpacked))
+        name: Method(partial(support_tokens, scorer, claims), prompt_tokens, len(claims))
+        for name, scorer in scorers.items()
     }
 
 
