@@ -1,6 +1,7 @@
 """The packed decoder and the nucleus sampler: same numbers as transformers, without its costs."""
 
 import json
+from copy import deepcopy
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.nucleus import SeededNucleusSampler, nucleus, top_p_mask
 from rlrf_hub.backends.packed_decode import PackedDecoder, generate_tokens, prefix_tree, supports
+from rlrf_hub.backends.projections import weight_versions
 from rlrf_hub.backends.transformers_backend import TransformersBackend
 from rlrf_hub.models import load_causal_lm, load_tokenizer
 
@@ -17,6 +19,26 @@ from rlrf_hub.models import load_causal_lm, load_tokenizer
 def backend(tiny_model):
     model = load_causal_lm(tiny_model)
     return TransformersBackend(model, load_tokenizer(tiny_model), model_id=tiny_model, batch_size=4)
+
+
+def half_rounded(model):
+    """A copy of `model` with every projection's and the LM head's weights rounded to half precision (the token
+    embedding, tied to the head in the original, stays fp32): what the decoder's float16 weights compute."""
+    rounded = deepcopy(model)
+    rounded.lm_head.weight = torch.nn.Parameter(rounded.lm_head.weight.detach().clone())
+    with torch.no_grad():
+        for module in rounded.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.half().float())
+    return rounded
+
+
+@pytest.fixture(scope="module", params=["float32", "float16"])
+def decoder_and_reference(request, backend):
+    """A packed decoder and the model its logits must equal: the model itself, or its half-rounded copy."""
+    if request.param == "float32":
+        return PackedDecoder(backend.model, "float32"), backend.model
+    return PackedDecoder(backend.model, "float16"), half_rounded(backend.model)
 
 
 def prompts_for(backend, texts):
@@ -32,18 +54,20 @@ def test_the_tiny_llama_takes_the_packed_path(backend):
     assert backend._decoder is not None
 
 
-def test_prefill_logits_match_a_plain_forward_pass_with_shared_and_repeated_prompts(backend):
+def test_prefill_logits_match_a_plain_forward_pass_with_shared_and_repeated_prompts(backend, decoder_and_reference):
     prompts = prompts_for(backend, ["two plus two", "name a colour please", "two plus two"])
-    decoder = PackedDecoder(backend.model)
+    decoder, reference = decoder_and_reference
     with torch.inference_mode():
         cache, logits = decoder.prefill(prompts, capacity=max(map(len, prompts)) + 4)
         for row, ids in enumerate(prompts):
-            expected = backend.model(torch.tensor([ids])).logits[0, -1]
+            expected = reference(torch.tensor([ids])).logits[0, -1]
             torch.testing.assert_close(logits[row], expected, rtol=1e-4, atol=1e-4)
             assert int(cache.lengths[row]) == len(ids)
 
 
-def test_prefill_computes_shared_prefixes_once_at_every_depth_and_matches_a_forward_pass(backend):
+def test_prefill_computes_shared_prefixes_once_at_every_depth_and_matches_a_forward_pass(
+    backend, decoder_and_reference
+):
     """A judge's prompts share a rubric, then a question, then diverge; one prompt ends inside another."""
     base = prompts_for(backend, ["passages about one entity come first, then the statement to check"])[0]
     prompts = [
@@ -57,20 +81,20 @@ def test_prefill_computes_shared_prefixes_once_at_every_depth_and_matches_a_forw
     segments, ends = prefix_tree(list(dict.fromkeys(map(tuple, prompts))))
     assert sum(len(segment.tokens) for segment in segments) == len(base) + 9
     assert all(segment.parent < index for index, segment in enumerate(segments))
-    decoder = PackedDecoder(backend.model)
+    decoder, reference = decoder_and_reference
     with torch.inference_mode():
         cache, logits = decoder.prefill(prompts, capacity=max(map(len, prompts)) + 2)
         following = torch.tensor([21 + row for row in range(len(prompts))])
         stepped = decoder.step(cache, following, torch.arange(len(prompts)))
         for row, ids in enumerate(prompts):
-            expected = backend.model(torch.tensor([ids + [21 + row]])).logits[0]
+            expected = reference(torch.tensor([ids + [21 + row]])).logits[0]
             torch.testing.assert_close(logits[row], expected[-2], rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(stepped[row], expected[-1], rtol=1e-4, atol=1e-4)
 
 
-def test_decode_steps_match_a_plain_forward_pass_while_rows_drop_out(backend):
+def test_decode_steps_match_a_plain_forward_pass_while_rows_drop_out(backend, decoder_and_reference):
     prompts = prompts_for(backend, ["count to three", "say hello", "what is rain"])
-    decoder = PackedDecoder(backend.model)
+    decoder, reference = decoder_and_reference
     with torch.inference_mode():
         cache, logits = decoder.prefill(prompts, capacity=max(map(len, prompts)) + 4)
         first = logits.argmax(dim=-1)
@@ -80,21 +104,70 @@ def test_decode_steps_match_a_plain_forward_pass_while_rows_drop_out(backend):
         stepped = decoder.step(cache, second, second_rows)
         for position, row in enumerate(second_rows.tolist()):
             ids = prompts[row] + [int(first[row]), int(second[position])]
-            expected = backend.model(torch.tensor([ids])).logits[0, -1]
+            expected = reference(torch.tensor([ids])).logits[0, -1]
             torch.testing.assert_close(stepped[position], expected, rtol=1e-4, atol=1e-4)
     assert cache.lengths.tolist() == [len(prompts[0]) + 2, len(prompts[1]) + 1, len(prompts[2]) + 2]
 
 
-def test_greedy_tokens_equal_generate(backend):
+def test_greedy_tokens_equal_generate(backend, decoder_and_reference):
     prompts = prompts_for(backend, ["a short one", "a rather longer prompt than the first one", "mid size"])
-    decoder = PackedDecoder(backend.model)
+    decoder, reference = decoder_and_reference
     ours = generate_tokens(decoder, prompts, 12, greedy, eos=set())
     input_ids, attention_mask = backend.left_pad(prompts)
     with torch.inference_mode():
-        output = backend.model.generate(
+        output = reference.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False, eos_token_id=None
         )
     assert ours == output[:, input_ids.shape[1] :].tolist()
+
+
+def test_half_precision_weights_are_rebuilt_when_the_model_changes_in_place(tiny_model):
+    """A training step between two calls must not leave the decoder sampling from the old weights."""
+    model = load_causal_lm(tiny_model)
+    backend = TransformersBackend(model, load_tokenizer(tiny_model), model_id=tiny_model)
+    prompts = prompts_for(backend, ["what changed", "nothing at all"])
+    decoder = PackedDecoder(model, "float16")
+    capacity = max(map(len, prompts)) + 1
+    with torch.inference_mode():
+        _, before = decoder.prefill(prompts, capacity)
+        built = decoder.projections
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+        model.lm_head.weight.add_(0.01)
+    assert weight_versions(model) != built.versions
+    with torch.inference_mode():
+        _, after = decoder.prefill(prompts, capacity)
+        assert decoder.projections is not built
+        reference = half_rounded(model)
+        for row, ids in enumerate(prompts):
+            torch.testing.assert_close(after[row], reference(torch.tensor([ids])).logits[0, -1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
+def test_half_precision_weights_keep_the_real_models_next_token_distribution(data_dir):
+    """SmolLM2-135M teacher-forced through GSM8K answers by decode steps: fp16 weights against fp32 ones."""
+    name = "embedded:smollm2-135m-instruct"
+    model, tokenizer = load_causal_lm(name), load_tokenizer(name)
+    backend = TransformersBackend(model, tokenizer, model_id=name, weight_precision="float32")
+    with open(data_dir / "gsm8k/test.jsonl", encoding="utf-8") as f:
+        items = [json.loads(line) for line, _ in zip(f, range(4), strict=False)]
+    prompts = prompts_for(backend, [item["question"] for item in items])
+    answers = [tokenizer(item["answer"], add_special_tokens=False)["input_ids"][:40] for item in items]
+    steps = min(map(len, answers))
+    rows = torch.arange(len(prompts))
+    distributions = {}
+    for precision in ("float32", "float16"):
+        decoder = PackedDecoder(model, precision)
+        with torch.inference_mode():
+            cache, logits = decoder.prefill(prompts, max(map(len, prompts)) + steps)
+            collected = [logits]
+            for step in range(steps - 1):
+                collected.append(decoder.step(cache, torch.tensor([a[step] for a in answers]), rows))
+        distributions[precision] = torch.log_softmax(torch.cat(collected), dim=-1)
+    exact, half = distributions["float32"], distributions["float16"]
+    kl = (exact.exp() * (exact - half)).sum(dim=-1)
+    assert float(kl.mean()) < 1e-4
+    assert float((exact.argmax(-1) == half.argmax(-1)).double().mean()) >= 0.98
 
 
 def test_rows_stop_at_their_eos_and_others_go_on(backend):

@@ -23,6 +23,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .projections import (
+    LayerProjections,
+    ModelProjections,
+    WeightPrecision,
+    default_precision,
+    half_weights_available,
+    model_projections,
+    weight_versions,
+)
+
 SUPPORTED_MODEL_TYPES = ("llama",)
 
 
@@ -89,13 +99,24 @@ def prefix_tree(prompts: list[tuple[int, ...]]) -> tuple[list[Segment], list[int
 class PackedDecoder:
     """Prefill and decode steps for one llama-architecture model (see the module docstring)."""
 
-    def __init__(self, model):
+    def __init__(self, model, precision: WeightPrecision | None = None):
         self.model = model
         self.base = model.model
+        self.precision = precision or default_precision()
+        if self.precision == "float16" and not half_weights_available():
+            raise ValueError("precision='float16' needs fbgemm, which this torch build lacks; use 'float32'")
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self._projections: ModelProjections | None = None
+
+    @property
+    def projections(self) -> ModelProjections:
+        """The model's maps, rebuilt when its weights changed since they were built (a training step in between)."""
+        if self._projections is None or self._projections.versions != weight_versions(self.model):
+            self._projections = model_projections(self.model, self.precision)
+        return self._projections
 
     def _rotary(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.base.rotary_emb(x, positions.unsqueeze(0))
@@ -107,21 +128,22 @@ class PackedDecoder:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def _qkv(self, layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        tokens = x.shape[0]
-        q = attn.q_proj(h).view(tokens, self.heads, self.head_dim)
-        k = attn.k_proj(h).view(tokens, self.kv_heads, self.head_dim)
-        v = attn.v_proj(h).view(tokens, self.kv_heads, self.head_dim)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin), v
+    def _qkv(self, layer, maps: LayerProjections, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Queries and keys rotated, and values, as `[tokens, heads, head_dim]`; q and k are rotated as one tensor
+        (they sit side by side in the fused projection's output)."""
+        heads = self.heads + 2 * self.kv_heads
+        qkv = maps.qkv(layer.input_layernorm(x)).view(x.shape[0], heads, self.head_dim)
+        rotated = self._rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+        q, k = rotated.split((self.heads, self.kv_heads), dim=1)
+        return q, k, qkv[:, self.heads + self.kv_heads :]
 
-    def _finish_layer(self, layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        x = x + layer.self_attn.o_proj(attended.reshape(x.shape[0], -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+    @staticmethod
+    def _finish_layer(layer, maps: LayerProjections, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = x + maps.o(attended.reshape(x.shape[0], -1))
+        return x + maps.mlp(layer.post_attention_layernorm(x))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.base.norm(hidden)).float()
+        return self.projections.head(self.base.norm(hidden)).float()
 
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[Cache, torch.Tensor]:
         """A cache holding every prompt, with room for `capacity` positions per row, and each row's next logits."""
@@ -135,8 +157,9 @@ class PackedDecoder:
         which = {ids: index for index, ids in enumerate(distinct)}
         row_segments = [ends[which[tuple(ids)]] for ids in prompts]
         cache = self._empty_cache(len(prompts), capacity)
-        for index, layer in enumerate(self.base.layers):
-            q, k, v = self._qkv(layer, x, cos, sin)
+        projections = self.projections
+        for index, (layer, maps) in enumerate(zip(self.base.layers, projections.layers, strict=True)):
+            q, k, v = self._qkv(layer, maps, x, cos, sin)
             out = torch.empty_like(q)
             chains: list[tuple[torch.Tensor, torch.Tensor]] = []
             for segment, start, size in zip(segments, starts, sizes, strict=True):
@@ -155,7 +178,7 @@ class PackedDecoder:
                 keys, values = chains[segment]
                 cache.keys[index][row, :, : keys.shape[1]] = keys
                 cache.values[index][row, :, : values.shape[1]] = values
-            x = self._finish_layer(layer, x, out)
+            x = self._finish_layer(layer, maps, x, out)
         last = torch.tensor([starts[segment] + sizes[segment] - 1 for segment in ends])
         distinct_logits = self.logits(x[last])
         cache.lengths = torch.tensor([len(ids) for ids in prompts])
@@ -184,15 +207,16 @@ class PackedDecoder:
         groups = self.heads // self.kv_heads
         query = torch.zeros(all_rows, self.kv_heads, groups, self.head_dim, dtype=x.dtype)
         scale = self.head_dim**-0.5
-        for index, layer in enumerate(self.base.layers):
-            q, k, v = self._qkv(layer, x, cos, sin)
+        projections = self.projections
+        for index, (layer, maps) in enumerate(zip(self.base.layers, projections.layers, strict=True)):
+            q, k, v = self._qkv(layer, maps, x, cos, sin)
             cache.keys[index][rows, :, positions] = k
             cache.values[index][rows, :, positions] = v
             query[rows] = q.view(len(rows), self.kv_heads, groups, self.head_dim)
             scores = torch.matmul(query, cache.keys[index][:, :, :span].transpose(-1, -2)).mul_(scale)
             weights = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
             attended = torch.matmul(weights, cache.values[index][:, :, :span])
-            x = self._finish_layer(layer, x, attended[rows])
+            x = self._finish_layer(layer, maps, x, attended[rows])
         cache.lengths[rows] = positions + 1
         return self.logits(x)
 

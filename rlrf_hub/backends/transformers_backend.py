@@ -34,6 +34,7 @@ from .base import Generation, GenerationRequest, SamplingParams
 from .constrained import JSONSchemaLogitsProcessor, RowConstraint, advance, mask_constrained, schema_constraints
 from .nucleus import SeededNucleusSampler
 from .packed_decode import Chooser, PackedDecoder, generate_tokens, supports
+from .projections import WeightPrecision
 
 
 @dataclass
@@ -135,6 +136,8 @@ class TransformersBackend:
         model_id, revision, adapter: who generates, recorded for lineage.
         batch_size: sequences per batch.
         packed: use the packed decoder where the model supports it; `False` always goes through `model.generate`.
+        weight_precision: how the packed decoder keeps the projections' weights (`projections`): "float16" (the
+            default where fbgemm is available) or "float32", the model's own.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class TransformersBackend:
         adapter: str | None = None,
         batch_size: int = 32,
         packed: bool = True,
+        weight_precision: WeightPrecision | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -159,7 +163,7 @@ class TransformersBackend:
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         self.total_tokens = 0
-        self._decoder = PackedDecoder(model) if packed and supports(model) else None
+        self._decoder = PackedDecoder(model, weight_precision) if packed and supports(model) else None
 
     @classmethod
     def from_pretrained(
