@@ -4,6 +4,8 @@ Ways to generate one completion per prompt, measured side by side in one process
 
 - candidate: the candidate stage (`rlrf_hub.stages.sampling.sample_responses` over `TransformersBackend`: chat
   template, length sorting, per-row seeded sampling, rows checkpointed to parquet);
+- candidate_fp32_weights: the candidate stage with the packed decoder keeping the model's fp32 weights instead of
+  half-precision copies (`rlrf_hub.backends.projections`); measured with `candidate` where the packed path runs;
 - refinement: the refinement stage on the candidates of this run, each given the same short feedback text in
   place of a judge's (`rlrf_hub.stages.refinements.refinement_jobs`, one refinement per prompt);
 - feedback: the judge of the feedback stage (`rlrf_hub.feedback.judge.rate_responses`, JSON-schema constrained, no
@@ -70,6 +72,7 @@ DEFAULT_KNOWLEDGE = FACTSCORE_DIR / "wikipedia" / "wikipedia_reference_text.json
 STAGES = ("candidate", "refinement", "feedback", "gsm8k_eval", "factscore_support")
 RATIOS = (
     ("candidate", "raw"),
+    ("candidate", "candidate_fp32_weights"),
     ("candidate", "one_at_a_time"),
     ("feedback", "feedback_generate"),
     ("factscore_support", "factscore_support_generate"),
@@ -329,6 +332,13 @@ def through_generate(backend: TransformersBackend) -> TransformersBackend:
     )
 
 
+def with_fp32_weights(backend: TransformersBackend) -> TransformersBackend:
+    """The same model and batch size, the packed decoder using the model's own fp32 weights."""
+    return TransformersBackend(
+        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, weight_precision="float32"
+    )
+
+
 def eval_tokens(backend: TransformersBackend, items: list[gsm8k.GSM8KItem], params: SamplingParams) -> int:
     rows, _ = gsm8k.run_gsm8k(backend, items, None, params).tables["items"]
     return sum(row["num_tokens"] for row in rows)
@@ -386,6 +396,9 @@ def stage_methods(
     jobs = candidate_jobs(prompts)
     if "candidate" in args.stages:
         methods["candidate"] = sampling_method(backend, jobs, params, "candidate")
+        if backend.weight_precision not in (None, "float32"):
+            exact = with_fp32_weights(backend)
+            methods["candidate_fp32_weights"] = sampling_method(exact, jobs, params, "candidate")
     if {"refinement", "feedback"} & set(args.stages):
         candidates = sample_stage(backend, jobs, params, "candidate")
     if "refinement" in args.stages:

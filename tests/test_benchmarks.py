@@ -55,11 +55,18 @@ def test_one_run_reports_every_stage_against_the_compute_limit(tiny_model, tmp_p
     summary = throughput.main([*args, "--skip-one-at-a-time", "--matmul-seconds", "0.01", "--output", str(output)])
 
     assert json.loads(output.read_text()) == summary
-    for name in (*throughput.STAGES, "feedback_generate", "factscore_support_generate", "raw"):
+    for name in (
+        *throughput.STAGES,
+        "candidate_fp32_weights",
+        "feedback_generate",
+        "factscore_support_generate",
+        "raw",
+    ):
         assert summary[f"{name}_tokens_per_s"] > 0
         assert 0 < summary[f"{name}_share_of_compute_limit"] < math.inf
         assert summary[f"{name}_peak_rss_mb"] > 0
     assert "one_at_a_time_tokens_per_s" not in summary
+    assert summary["candidate_over_candidate_fp32_weights"] > 0
     assert summary["feedback_over_feedback_generate"] > 0
     assert summary["factscore_support_over_factscore_support_generate"] > 0
     assert summary["vm_hwm_mb"] >= max(summary[f"{name}_peak_rss_mb"] for name in throughput.STAGES)

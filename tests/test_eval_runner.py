@@ -1,14 +1,15 @@
 import json
+import weakref
 
 import pytest
 from datasets import load_dataset
 
-from rlrf_hub.backends.base import SamplingParams
+from rlrf_hub.backends.base import GenerationRequest, SamplingParams
 from rlrf_hub.cli import main
 from rlrf_hub.evaluation.factscore import FactScoreSettings
 from rlrf_hub.evaluation.judging import judge_identity
 from rlrf_hub.evaluation.results import EvaluationReport
-from rlrf_hub.evaluation.runner import EvaluationSettings, evaluate_policy
+from rlrf_hub.evaluation.runner import AnsweredFirst, EvaluationSettings, evaluate_policy
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,33 @@ def test_the_policy_answers_every_tasks_prompts_in_one_call(tmp_path, data_dir, 
     )
 
 
+def test_a_released_policy_is_freed_before_the_judge_works_and_its_answers_still_serve(
+    tmp_path, data_dir, tiny_backend
+):
+    """The caller keeps no reference (as the loop's evaluation stage does): the judge never runs beside the policy."""
+    refs = []
+
+    def new_policy():
+        policy = CallLog(tiny_backend)
+        refs.append(weakref.ref(policy))
+        return policy
+
+    judge = CallLog(tiny_backend)
+    seen_alive = []
+    judged = judge.generate
+    judge.generate = lambda *args, **kwargs: seen_alive.append(refs[0]() is not None) or judged(*args, **kwargs)
+
+    tasks, settings = ["factscore", "just_eval"], _settings(data_dir)
+    report = evaluate_policy(new_policy(), tasks, judge, 1, tmp_path, settings, release_policy=True)
+
+    assert seen_alive and not any(seen_alive)
+    assert {result.task for result in report.results} == set(tasks)
+    answering = AnsweredFirst(CallLog(tiny_backend), [], SamplingParams(max_new_tokens=2))
+    answering.release()
+    with pytest.raises(RuntimeError, match="released after answering; bios asked for more"):
+        answering.generate([GenerationRequest([{"role": "user", "content": "hi"}])], answering.params, "bios")
+
+
 @pytest.fixture(scope="module")
 def served_judge_url(tiny_model):
     from rlrf_hub.serving.launch import start_server
@@ -236,3 +264,16 @@ def test_cli_agreement_with_judge_url(tmp_path, data_dir, served_judge_url, caps
     assert 0 <= agreement["agreement"] <= 100
     counts = ("true_positives", "false_positives", "false_negatives", "true_negatives")
     assert sum(agreement[key] for key in counts) == agreement["num_facts"]
+
+
+def test_a_judge_with_the_policys_weights_shares_them_and_batches_as_a_judge(tiny_backend):
+    """`evaluate --judge` naming the policy's model: one copy in memory, but the judge's batch size (a support check's
+    prompt is ten times a GSM8K one, and its cache grows with the batch)."""
+    import argparse
+
+    from rlrf_hub.evaluation.cli import _judge
+
+    judge = _judge(argparse.Namespace(judge=tiny_backend.model_id, judge_batch_size=3), tiny_backend)
+    assert judge.model is tiny_backend.model and judge.weight_precision == tiny_backend.weight_precision
+    assert judge._decoder is tiny_backend._decoder
+    assert (judge.batch_size, tiny_backend.batch_size) == (3, 8)

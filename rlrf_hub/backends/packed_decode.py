@@ -11,8 +11,11 @@ ended keep going through every layer. Here:
 - only rows still generating go through the projections, the MLP and the LM head (attention, which is cheap at
   these lengths, runs over all rows so the cache is never gathered or compacted).
 
-The arithmetic is the model's own modules (embedding, norms, projections, rotary embedding, LM head) in the
-model's order, so logits equal `model(...)`'s up to floating-point rounding.
+The arithmetic follows the model's own modules (embedding, norms, rotary embedding) in the model's order. The
+projections and the LM head run through `projections`: fused, and by default with half-precision copies of the
+weights and fp32 arithmetic, which halves the bytes every decode step reads. Logits equal `model(...)`'s up to
+floating-point rounding with `precision="float32"`, and those of the model with its weights rounded to half
+precision with "float16" (tests check both).
 """
 
 from __future__ import annotations

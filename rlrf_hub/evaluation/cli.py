@@ -148,7 +148,7 @@ def _judge(args: argparse.Namespace, policy):
     spec = args.judge
     if policy is not None and not re.match(r"https?://", spec) and not policy.adapter:
         if (policy.model_id, policy.revision) == split_revision(spec):
-            return policy  # the same weights: no second copy in memory
+            return policy.with_batch_size(args.judge_batch_size)  # the same weights: no second copy in memory
     return judge_from_spec(spec, args.judge_batch_size)
 
 

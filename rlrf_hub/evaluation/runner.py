@@ -16,6 +16,7 @@ Every row of a judged task names the judge in its `judge` column.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -102,10 +103,14 @@ def evaluate_policy(
     adapter: str | None = None,
     adapter_revision: str | None = None,
     iteration: int | None = None,
+    release_policy: bool = False,
 ) -> EvaluationReport:
     """Run `tasks` on `policy` (at most `limit` items each), judged by `judge` where a task needs one.
 
     `model`/`adapter` and their revisions name the policy in the report (default: what the backend says).
+    `release_policy` lets go of the policy once it has answered every task's prompts, before any judging: when the
+    caller keeps no reference either, its weights are freed while the judge works (on 2 CPU cores with a 135M
+    policy and judge, that is 1 GB less at the evaluation's peak).
     """
     settings = settings or EvaluationSettings()
     if limit is not None and limit < 1:
@@ -122,6 +127,9 @@ def evaluate_policy(
     params = settings.policy_params or replace(gsm8k.POLICY_PARAMS, max_new_tokens=settings.max_new_tokens)
     prepared = {task: _prepare_task(task, judge, limit, settings, params) for task in chosen}
     answering = AnsweredFirst(policy, [r for task in prepared.values() for r in task.requests], params)
+    if release_policy:
+        del policy
+        answering.release()
     for name, task in prepared.items():
         outcome = task.run(answering)
         _save_outcome(output_dir / name, outcome)
@@ -172,11 +180,12 @@ class AnsweredFirst:
 
     Each task asks the policy once, for few prompts in the CPU recipes; on 2 cores a decoding step of 3 rows costs
     nearly what a step of 9 does, so answering every task's prompts together saves most of two tasks' answer time.
-    A task's own call then reads its answers; any other call goes to the policy.
+    A task's own call then reads its answers; any other call goes to the policy, unless it was released.
     """
 
     def __init__(self, policy: GenerationBackend, requests: list[GenerationRequest], params: SamplingParams):
-        self.policy, self.params = policy, params
+        self.policy: GenerationBackend | None = policy
+        self.params = params
         self.model_id, self.revision, self.adapter = policy.model_id, policy.revision, policy.adapter
         outputs = policy.generate(requests, params, desc="answers") if requests else []
         self.answers = {_request_key(r): out for r, out in zip(requests, outputs, strict=True)}
@@ -187,7 +196,14 @@ class AnsweredFirst:
         keys = [_request_key(request) for request in requests]
         if params == self.params and all(key in self.answers for key in keys):
             return [self.answers[key] for key in keys]
+        if self.policy is None:
+            raise RuntimeError(f"the policy was released after answering; {desc or 'a call'} asked for more")
         return self.policy.generate(requests, params, desc)
+
+    def release(self) -> None:
+        """Drop the policy (and collect it, models hold reference cycles); only the answers stay."""
+        self.policy = None
+        gc.collect()
 
 
 def _request_key(request: GenerationRequest) -> str:

@@ -47,11 +47,12 @@ def run(ctx: IterationContext, key: None) -> tuple[list[EvaluationReport], Publi
 
 
 def _evaluate(ctx: IterationContext, index: int, judge: GenerationBackend | None) -> EvaluationReport:
+    """The policy is made in the call and released once it has answered, so it and the judge are never both
+    working in memory."""
     s, publisher = ctx.settings, ctx.publisher
     adapter = publisher.find_adapter(index) if index else None
-    policy = policy_backend(s, str(publisher.adapter_dir(index)) if adapter else None)
     return evaluate_policy(
-        policy,
+        policy_backend(s, str(publisher.adapter_dir(index)) if adapter else None),
         list(s.evaluate.tasks),
         judge,
         s.evaluate.limit,
@@ -62,6 +63,7 @@ def _evaluate(ctx: IterationContext, index: int, judge: GenerationBackend | None
         adapter=adapter.location if adapter else None,
         adapter_revision=adapter.revision if adapter else None,
         iteration=index,
+        release_policy=True,
     )
 
 
