@@ -149,6 +149,8 @@ def test_shipped_recipes_smoke_run_on_the_tiny_model(recipe, monkeypatch, tmp_pa
     `smoke.yaml` is run whole on the real model by tests/test_smoke_recipe.py: its 4 prompts give the random
     tiny judge too few chances to rate a response positive. The GSM8K experiment and its reward-only baseline are
     smoke-run by tests/test_recipes.py, the baseline after training the reward model it names.
+    General prompts get one aspect, as in `tiny_recipe` (see why there): with a recipe's three, whether the random
+    tiny judge rates any response 1 on all of them depends on the exact candidates, so on the decoder's rounding.
     """
     monkeypatch.chdir(REPO)
     overrides = {
@@ -159,6 +161,7 @@ def test_shipped_recipes_smoke_run_on_the_tiny_model(recipe, monkeypatch, tmp_pa
         "num_refinements": "1",
         "max_new_tokens": "8",
         "feedback_max_new_tokens": "64",
+        "num_general_aspects": "1",
         "num_iterations": "1",
         "max_steps": "1",
         "output_dir": str(tmp_path / "out"),
