@@ -321,21 +321,15 @@ def feedback_methods(
     prompt_tokens = count_prompt_tokens(backend, messages)
     return {
         name: Method(partial(judge_tokens, judge, candidates, by_id, max_new_tokens), prompt_tokens, len(candidates))
-        for name, judge in (("feedback", backend), ("feedback_generate", through_generate(backend)))
+        for name, judge in (("feedback", backend), ("feedback_generate", same_model(backend, packed=False)))
     }
 
 
-def through_generate(backend: TransformersBackend) -> TransformersBackend:
-    """The same model and batch size, always decoding through `model.generate`."""
+def same_model(backend: TransformersBackend, **options) -> TransformersBackend:
+    """The same model and batch size, decoding as `options` say (`packed=False`: through `model.generate`;
+    `weight_precision="float32"`: the packed decoder on the model's own weights)."""
     return TransformersBackend(
-        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, packed=False
-    )
-
-
-def with_fp32_weights(backend: TransformersBackend) -> TransformersBackend:
-    """The same model and batch size, the packed decoder using the model's own fp32 weights."""
-    return TransformersBackend(
-        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, weight_precision="float32"
+        backend.model, backend.tokenizer, backend.model_id, batch_size=backend.batch_size, **options
     )
 
 
@@ -362,7 +356,7 @@ def support_methods(args: argparse.Namespace, backend: TransformersBackend) -> d
     claims = support_claims(args.labeled, knowledge, args.prompts)
     scorers = {
         "factscore_support": FactScorer(backend, knowledge),
-        "factscore_support_generate": FactScorer(through_generate(backend), knowledge),
+        "factscore_support_generate": FactScorer(same_model(backend, packed=False), knowledge),
     }
     passages = scorers["factscore_support"].settings.num_passages
     messages = [
@@ -397,7 +391,7 @@ def stage_methods(
     if "candidate" in args.stages:
         methods["candidate"] = sampling_method(backend, jobs, params, "candidate")
         if backend.weight_precision not in (None, "float32"):
-            exact = with_fp32_weights(backend)
+            exact = same_model(backend, weight_precision="float32")
             methods["candidate_fp32_weights"] = sampling_method(exact, jobs, params, "candidate")
     if {"refinement", "feedback"} & set(args.stages):
         candidates = sample_stage(backend, jobs, params, "candidate")

@@ -145,8 +145,8 @@ class PackedDecoder:
         x = x + maps.o(attended.reshape(x.shape[0], -1))
         return x + maps.mlp(layer.post_attention_layernorm(x))
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.projections.head(self.base.norm(hidden)).float()
+    def _logits(self, hidden: torch.Tensor, projections: ModelProjections) -> torch.Tensor:
+        return projections.head(self.base.norm(hidden)).float()
 
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[Cache, torch.Tensor]:
         """A cache holding every prompt, with room for `capacity` positions per row, and each row's next logits."""
@@ -183,7 +183,7 @@ class PackedDecoder:
                 cache.values[index][row, :, : values.shape[1]] = values
             x = self._finish_layer(layer, maps, x, out)
         last = torch.tensor([starts[segment] + sizes[segment] - 1 for segment in ends])
-        distinct_logits = self.logits(x[last])
+        distinct_logits = self._logits(x[last], projections)
         cache.lengths = torch.tensor([len(ids) for ids in prompts])
         return cache, distinct_logits[[which[tuple(ids)] for ids in prompts]]
 
@@ -221,7 +221,7 @@ class PackedDecoder:
             attended = torch.matmul(weights, cache.values[index][:, :, :span])
             x = self._finish_layer(layer, maps, x, attended[rows])
         cache.lengths[rows] = positions + 1
-        return self.logits(x)
+        return self._logits(x, projections)
 
 
 def _starts(sizes: list[int]) -> list[int]:

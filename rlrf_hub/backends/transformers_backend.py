@@ -125,6 +125,11 @@ def prefix_sorted(sequences: list[_Sequence]) -> list[int]:
     return sorted(range(len(sequences)), key=lambda i: (sequences[i].prompt_ids, i))
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
 class TransformersBackend:
     """Generates with a transformers causal LM in this process (the `GenerationBackend` protocol).
 
@@ -154,8 +159,7 @@ class TransformersBackend:
         packed: bool = True,
         weight_precision: WeightPrecision | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_batch_size(batch_size)
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -170,8 +174,7 @@ class TransformersBackend:
 
     def with_batch_size(self, batch_size: int) -> TransformersBackend:
         """This backend (same model, tokenizer and packed weights) cutting its batches at `batch_size`."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_batch_size(batch_size)
         other = copy.copy(self)
         other.batch_size, other.total_tokens = batch_size, 0
         return other
