@@ -22,9 +22,11 @@ Ways to generate one completion per prompt, measured side by side in one process
 The sampling methods use the same temperature and top-p (top-k off); all count generated tokens up to and
 including EOS. `--stages` picks the stages; raw and one_at_a_time run on the candidate prompts.
 
-Each method's rate is also put against the compute limit of the machine: the best fp32 matmul rate torch reaches
-(same device and threads, interleaved with the methods) on matrices shaped like the model's projections at prefill
-and decode token counts, divided by the FLOPs the workload needs per generated token (`workload_flops`: 2 per
+Each method's rate is also put against the compute limit of the machine: the best matmul rate torch reaches (same
+device and threads, interleaved with the methods) on matrices shaped like the model's projections at prefill and
+decode token counts, in fp32 and, where the packed decoder uses it, with fbgemm's half-precision-weight GEMM (fp32
+arithmetic; on AVX-512 CPUs it outruns MKL's fp32 GEMM), divided by the FLOPs the workload needs per generated
+token (`workload_flops`: 2 per
 parameter and position; attention's score and value products are ignored, so for long contexts the limit is set
 a little high). A low share means the time goes to other things than the model's matmuls: Python steps, sampling,
 padding, memory-bound small batches.
@@ -51,6 +53,7 @@ from typing import Any
 import torch
 
 from rlrf_hub.backends import GenerationRequest, SamplingParams
+from rlrf_hub.backends.projections import half_weights_available
 from rlrf_hub.backends.transformers_backend import TransformersBackend, completion_length
 from rlrf_hub.evaluation import gsm8k
 from rlrf_hub.evaluation.factscore import FactScorer, KnowledgeSource, load_labeled
@@ -168,19 +171,39 @@ def matmul_shapes(config, prefill_tokens: int, batch_tokens: int) -> list[tuple[
     return shapes + [(batch_tokens, hidden, config.vocab_size)]
 
 
-def matmul_gflops(shape: tuple[int, int, int], device: torch.device, seconds: float) -> float:
-    """fp32 GFLOP/s of repeated `a @ b` for one shape, over at least `seconds` (at least two calls)."""
+def matmul_kinds(device: torch.device) -> list[str]:
+    """The GEMMs the limit is taken over: fp32, and the packed decoder's half-precision weights on CPUs with fbgemm."""
+    return ["fp32", "fp16_weights"] if device.type == "cpu" and half_weights_available() else ["fp32"]
+
+
+def matmul_gflops(shape: tuple[int, int, int], device: torch.device, seconds: float, kind: str = "fp32") -> float:
+    """GFLOP/s of repeated `tokens x in` by `in x out` products of one kind, over at least `seconds` (two calls or
+    more): "fp32" is `torch.matmul`, "fp16_weights" fbgemm's GEMM on half-precision weights (fp32 arithmetic)."""
     tokens, width_in, width_out = shape
     a = torch.randn(tokens, width_in, device=device)
-    b = torch.randn(width_in, width_out, device=device)
-    out = torch.empty(tokens, width_out, device=device)
-    torch.matmul(a, b, out=out)
+    if kind == "fp16_weights":
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(width_out, width_in), None)
+        product = partial(torch.ops.quantized.linear_dynamic_fp16, a, packed)
+    else:
+        b, out = torch.randn(width_in, width_out, device=device), torch.empty(tokens, width_out, device=device)
+        product = partial(torch.matmul, a, b, out=out)
+    product()
     calls, start = 0, time.perf_counter()
     while calls < 2 or time.perf_counter() - start < seconds:
-        torch.matmul(a, b, out=out)
+        product()
         calls += 1
         _sync()
     return 2 * tokens * width_in * width_out * calls / (time.perf_counter() - start) / 1e9
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("cpu" where there is none): rates differ by machine, so say which."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else "cpu"
 
 
 def _status_mb(field: str) -> float:
@@ -461,7 +484,8 @@ def measure(args: argparse.Namespace, backend: TransformersBackend) -> tuple[dic
     methods = stage_methods(args, backend, prompts, params) | generate_methods(args, backend, prompt_ids, params)
     batch = min(args.batch_size, len(prompt_ids))
     prefill = batch * round(sum(len(ids) for ids in prompt_ids) / len(prompt_ids))
-    shapes = matmul_shapes(backend.model.config, prefill, batch)
+    kinds = matmul_kinds(backend.model.device)
+    shapes = [(kind, shape) for kind in kinds for shape in matmul_shapes(backend.model.config, prefill, batch)]
     gflops = dict.fromkeys(shapes, 0.0)
     torch.manual_seed(args.seed)
     size = model_size(backend.model)
@@ -475,9 +499,10 @@ def measure(args: argparse.Namespace, backend: TransformersBackend) -> tuple[dic
                 f"peak RSS {run.peak_rss_mb:.0f} MB",
                 flush=True,
             )
-        for shape in shapes:
-            gflops[shape] = max(gflops[shape], matmul_gflops(shape, backend.model.device, args.matmul_seconds))
-    return runs, {"x".join(map(str, shape)): rate for shape, rate in gflops.items()}
+        for kind, shape in shapes:
+            rate = matmul_gflops(shape, backend.model.device, args.matmul_seconds, kind)
+            gflops[kind, shape] = max(gflops[kind, shape], rate)
+    return runs, {f"{kind} {'x'.join(map(str, shape))}": rate for (kind, shape), rate in gflops.items()}
 
 
 def report(runs: dict[str, list[Run]], gflops: float) -> dict[str, float]:
@@ -514,9 +539,11 @@ def print_table(summary: dict[str, Any], names: list[str]) -> None:
         if f"{stage}_over_{baseline}" in summary:
             print(f"{stage} / {baseline}: {summary[f'{stage}_over_{baseline}']:.3f}")
     print(
-        f"matmul {summary['matmul_gflops']:.1f} GFLOP/s on {summary['threads']} threads; "
-        f"process VmHWM {summary['vm_hwm_mb']:.0f} MB"
+        f"matmul {summary['matmul_gflops']:.1f} GFLOP/s on {summary['threads']} threads of {summary['device']} "
+        f"({summary['cpu_capability']}); process VmHWM {summary['vm_hwm_mb']:.0f} MB"
     )
+    for shape, rate in summary["matmul_gflops_by_shape"].items():
+        print(f"  {shape}: {rate:.1f} GFLOP/s")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -530,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary.update({"threads": torch.get_num_threads(), "vm_hwm_mb": _status_mb("VmHWM")})
     device = backend.model.device
     summary["model_dtype"] = str(backend.model.dtype).removeprefix("torch.")
-    summary["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    summary["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    summary["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     summary.update({"model": args.model, "prompts": args.prompts, "batch_size": args.batch_size})
     summary.update({"max_new_tokens": args.max_new_tokens, "stages": list(args.stages)})
     print_table(summary, list(runs))

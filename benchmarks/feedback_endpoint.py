@@ -9,6 +9,11 @@ One `rlrf-hub serve` subprocess holds the judge. For each concurrency (default 1
   settings and seeds, recorded from the stage's first run) to `/v1/chat/completions` at the same concurrency,
   doing nothing with the replies: what the server can deliver.
 
+- load_fp32_weights: the same plain loop against a second `rlrf-hub serve` of the same model with
+  `--weight-precision float32`, where the first one multiplies by half-precision weight copies (the default on
+  CPUs with fbgemm); the ratio load/load_fp32_weights is what those copies buy the server. `--no-fp32-baseline`
+  skips it.
+
 Each concurrency is measured `--repeats` times, alternating which of the two goes first, and the best run of each
 counts (on a shared machine, slow runs measure the neighbours). The ratio stage/load is the fraction of the
 server's capacity the stage uses. Generated tokens are printed for both, to show they did the same work, and the
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -31,6 +37,7 @@ import httpx2
 
 from rlrf_hub.backends.dialects import tgi_arguments
 from rlrf_hub.backends.endpoint import EndpointBackend, sample_seed
+from rlrf_hub.backends.projections import half_weights_available
 from rlrf_hub.config import RLRFArguments
 from rlrf_hub.feedback import judge
 
@@ -60,6 +67,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=160, help="the judge's feedback_max_new_tokens")
     parser.add_argument("--max-batch-size", type=int, default=16, help="the server's dynamic batch limit")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each method; the best counts")
+    parser.add_argument(
+        "--no-fp32-baseline",
+        action="store_true",
+        help="do not start a second server with fp32 weights to measure beside the default one",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -137,9 +149,15 @@ def main(argv: list[str] | None = None) -> dict:
         results["url"] = options.url
         measure(options.url, options, rows, prompts, args, results)
     else:
-        with spawn_server(options.model, max_batch_size=options.max_batch_size) as server:
+        with contextlib.ExitStack() as servers:
+            server = servers.enter_context(spawn_server(options.model, max_batch_size=options.max_batch_size))
             print(f"rlrf-hub serve at {server.url} ({options.model}, batches <= {options.max_batch_size})", flush=True)
-            measure(server.url, options, rows, prompts, args, results)
+            baseline = None
+            if not options.no_fp32_baseline and half_weights_available():
+                fp32 = spawn_server(options.model, max_batch_size=options.max_batch_size, weight_precision="float32")
+                baseline = servers.enter_context(fp32).url
+                print(f"rlrf-hub serve --weight-precision float32 at {baseline}", flush=True)
+            measure(server.url, options, rows, prompts, args, results, baseline)
     first = results[f"c{options.concurrency[0]}"]["stage_rows_per_s"]
     for concurrency in options.concurrency[1:]:
         speedup = results[f"c{concurrency}"]["stage_rows_per_s"] / first
@@ -149,12 +167,16 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def measure(url: str, options: argparse.Namespace, rows, prompts, args: RLRFArguments, results: dict) -> None:
-    """Stage and plain load at each concurrency, interleaved; the best run of each goes into `results`."""
-    run_stage(url, 4, rows[:2], prompts, args)  # compiles the schema's grammar once
+def measure(
+    url: str, options: argparse.Namespace, rows, prompts, args: RLRFArguments, results: dict, baseline: str | None
+) -> None:
+    """Stage and plain load at each concurrency (and the plain load on the `baseline` server), interleaved; the best
+    run of each goes into `results`."""
+    for server in filter(None, (url, baseline)):
+        run_stage(server, 4, rows[:2], prompts, args)  # compiles the schema's grammar once
     bodies = None
     for concurrency in options.concurrency:
-        best = {"stage": 0.0, "load": 0.0}
+        best = {"stage": 0.0, "load": 0.0, "load_fp32_weights": 0.0}
         for repeat in range(options.repeats):
             # Alternate which goes first: the first run at a new concurrency meets a server not yet warm for it.
             if bodies is not None and repeat % 2:
@@ -172,6 +194,10 @@ def measure(url: str, options: argparse.Namespace, rows, prompts, args: RLRFArgu
                 f"({load_tokens} tokens, client CPU {load_cpu:.2f} s)",
                 flush=True,
             )
+            if baseline:
+                fp32_seconds, _, fp32_tokens = asyncio.run(plain_load(baseline, bodies, concurrency))
+                best["load_fp32_weights"] = max(best["load_fp32_weights"], len(bodies) / fp32_seconds)
+                print(f"    fp32 weights: load in {fp32_seconds:.1f} s ({fp32_tokens} tokens)", flush=True)
         ratio = best["stage"] / best["load"]
         results[f"c{concurrency}"] = {
             "stage_rows_per_s": best["stage"],
@@ -183,6 +209,16 @@ def measure(url: str, options: argparse.Namespace, rows, prompts, args: RLRFArgu
             f"{best['load']:.3f} requests/s, ratio {ratio:.3f}",
             flush=True,
         )
+        if baseline:
+            speedup = best["load"] / best["load_fp32_weights"]
+            results[f"c{concurrency}"].update(
+                {"load_fp32_weights_requests_per_s": best["load_fp32_weights"], "load_over_fp32_weights": speedup}
+            )
+            print(
+                f"concurrency {concurrency:>2}: server capacity with fp32 weights "
+                f"{best['load_fp32_weights']:.3f} requests/s; default / fp32 weights {speedup:.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -156,3 +156,19 @@ def crash_generate_on_call(monkeypatch, n: int) -> dict[str, int]:
 
     monkeypatch.setattr(TransformersBackend, "generate", crashing)
     return calls
+
+
+def half_rounded(model):
+    """A copy of `model` with every projection's and the LM head's weights rounded to half precision (the token
+    embedding, tied to the head in the original, stays fp32): what the decoder's float16 weights compute."""
+    from copy import deepcopy
+
+    import torch
+
+    rounded = deepcopy(model)
+    rounded.lm_head.weight = torch.nn.Parameter(rounded.lm_head.weight.detach().clone())
+    with torch.no_grad():
+        for module in rounded.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.half().float())
+    return rounded

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from rlrf_hub.backends.projections import half_weights_available
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -70,3 +72,24 @@ def test_one_run_reports_every_stage_against_the_compute_limit(tiny_model, tmp_p
     assert summary["feedback_over_feedback_generate"] > 0
     assert summary["factscore_support_over_factscore_support_generate"] > 0
     assert summary["vm_hwm_mb"] >= max(summary[f"{name}_peak_rss_mb"] for name in throughput.STAGES)
+    kinds = {shape.split()[0] for shape in summary["matmul_gflops_by_shape"]}
+    assert kinds == ({"fp32", "fp16_weights"} if half_weights_available() else {"fp32"})
+    assert summary["matmul_gflops"] == max(summary["matmul_gflops_by_shape"].values())
+
+
+def test_the_endpoint_benchmark_measures_the_stage_the_server_and_its_fp32_twin(tmp_path):
+    endpoint = load_benchmark("feedback_endpoint")
+    output = tmp_path / "endpoint.json"
+    args = ["--model", "embedded:tiny", "--rows", "2", "--concurrency", "1", "2", "--repeats", "1"]
+    results = endpoint.main([*args, "--max-new-tokens", "8", "--output", str(output)])
+
+    assert json.loads(output.read_text()) == results
+    for concurrency in ("c1", "c2"):
+        measured = results[concurrency]
+        assert measured["stage_rows_per_s"] > 0 and measured["load_requests_per_s"] > 0
+        assert measured["stage_over_load"] == measured["stage_rows_per_s"] / measured["load_requests_per_s"]
+        if half_weights_available():
+            speedup = measured["load_requests_per_s"] / measured["load_fp32_weights_requests_per_s"]
+            assert measured["load_over_fp32_weights"] == speedup
+        else:
+            assert "load_over_fp32_weights" not in measured

@@ -5,12 +5,13 @@ from copy import deepcopy
 
 import pytest
 import torch
+from conftest import half_rounded
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from rlrf_hub.backends import GenerationRequest, SamplingParams
 from rlrf_hub.backends.nucleus import SeededNucleusSampler, nucleus, top_p_mask
 from rlrf_hub.backends.packed_decode import PackedDecoder, generate_tokens, prefix_tree, supports
-from rlrf_hub.backends.projections import weight_versions
+from rlrf_hub.backends.projections import HalfWeightLinear, use_half_weights, weight_versions
 from rlrf_hub.backends.transformers_backend import TransformersBackend
 from rlrf_hub.models import load_causal_lm, load_tokenizer
 
@@ -19,18 +20,6 @@ from rlrf_hub.models import load_causal_lm, load_tokenizer
 def backend(tiny_model):
     model = load_causal_lm(tiny_model)
     return TransformersBackend(model, load_tokenizer(tiny_model), model_id=tiny_model, batch_size=4)
-
-
-def half_rounded(model):
-    """A copy of `model` with every projection's and the LM head's weights rounded to half precision (the token
-    embedding, tied to the head in the original, stays fp32): what the decoder's float16 weights compute."""
-    rounded = deepcopy(model)
-    rounded.lm_head.weight = torch.nn.Parameter(rounded.lm_head.weight.detach().clone())
-    with torch.no_grad():
-        for module in rounded.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(module.weight.half().float())
-    return rounded
 
 
 @pytest.fixture(scope="module", params=["float32", "float16"])
@@ -142,6 +131,51 @@ def test_half_precision_weights_are_rebuilt_when_the_model_changes_in_place(tiny
         for row, ids in enumerate(prompts):
             torch.testing.assert_close(after[row], reference(torch.tensor([ids])).logits[0, -1], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(before, after, atol=1e-3)
+
+
+def test_half_weight_linears_compute_what_the_half_rounded_model_computes(tiny_model):
+    """The server's path: the model's own forward pass, its `nn.Linear`s swapped for `HalfWeightLinear`s."""
+    model = load_causal_lm(tiny_model)
+    swapped = deepcopy(model)
+    linears = sum(type(module) is torch.nn.Linear for module in model.modules())
+    assert use_half_weights(swapped) == linears > 0
+    assert not any(type(module) is torch.nn.Linear for module in swapped.modules())
+    assert swapped.lm_head.weight is swapped.model.embed_tokens.weight
+    assert swapped.state_dict().keys() == model.state_dict().keys()
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.inference_mode():
+        half = swapped(ids).logits
+        torch.testing.assert_close(half, half_rounded(model)(ids).logits, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(half, model(ids).logits, rtol=0, atol=1e-6)
+    # With gradients on (training) it is a plain nn.Linear on the fp32 weights.
+    torch.testing.assert_close(swapped(ids).logits, model(ids).logits)
+    with torch.no_grad():
+        swapped.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(swapped(ids).logits, half_rounded(model)(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_layers_wrap_half_weight_linears(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    def with_lora(model):
+        torch.manual_seed(0)
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        return get_peft_model(model, config).eval()
+
+    model = load_causal_lm(tiny_model)
+    reference = with_lora(half_rounded(model))
+    swapped = deepcopy(model)
+    use_half_weights(swapped)
+    tuned = with_lora(swapped)
+    assert isinstance(tuned.base_model.model.model.layers[0].self_attn.q_proj.base_layer, HalfWeightLinear)
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.inference_mode():
+        logits = tuned(ids).logits
+        torch.testing.assert_close(logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
+        with tuned.disable_adapter():
+            assert not torch.allclose(tuned(ids).logits, logits, rtol=0, atol=1e-4)
 
 
 def test_half_precision_weights_keep_the_real_models_next_token_distribution(data_dir):

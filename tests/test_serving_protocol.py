@@ -6,12 +6,14 @@ import json
 import llguidance
 import pytest
 
+from rlrf_hub.backends.projections import default_precision
 from rlrf_hub.serving.adapters import parse_adapter_spec
 from rlrf_hub.serving.cli import add_parser, config_from_args
 from rlrf_hub.serving.constraints import compile_grammar
 from rlrf_hub.serving.errors import ValidationError
 from rlrf_hub.serving.metrics import ServerMetrics
 from rlrf_hub.serving.protocol import Grammar, parse_chat, parse_generate, parse_grammar
+from rlrf_hub.serving.service import ServeConfig, resolve_weight_precision
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 
@@ -152,3 +154,17 @@ def test_serve_subcommand_arguments():
     assert args.handler.__name__ == "serve"
     assert config.adapters == ("a/b@v1", "c/d") and config.max_batch_size == 4 and config.max_queue == 2
     assert config.max_total_tokens == 256 and config.max_input_tokens is None
+    assert config.weight_precision is None
+    precise = config_from_args(parser.parse_args(["serve", "--model", "m", "--weight-precision", "float32"]))
+    assert precise.weight_precision == "float32"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--model", "m", "--weight-precision", "int8"])
+
+
+def test_weight_precision_is_checked_and_resolved_per_device():
+    with pytest.raises(ValueError, match="weight_precision"):
+        ServeConfig(model="m", weight_precision="int8")
+    assert resolve_weight_precision(ServeConfig(model="m"), "cpu") == default_precision()
+    assert resolve_weight_precision(ServeConfig(model="m"), "cuda") == "float32"
+    with pytest.raises(ValueError, match="for CPU serving"):
+        resolve_weight_precision(ServeConfig(model="m", weight_precision="float16"), "cuda")

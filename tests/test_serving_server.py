@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import torch
+from conftest import half_rounded
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import ValidationError as HubValidationError
 
+from rlrf_hub.backends.projections import HalfWeightLinear, half_weights_available
 from rlrf_hub.serving.launch import start_server
 
 FEEDBACK_SCHEMA = {
@@ -154,19 +156,43 @@ def test_generate_details_and_seed_reproducibility(server, conforms):
     assert "details" not in generate(server, max_new_tokens=2)
 
 
+def greedy_tokens(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+
 def test_greedy_generation_matches_transformers(server, tiny_model):
+    """On CPUs with fbgemm the server multiplies by half-precision copies of the weights: its greedy tokens are
+    those of the model with its weights rounded to half precision."""
     from rlrf_hub.models import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
+    precision = requests.get(server.url + "/info", timeout=10).json()["weight_precision"]
+    assert precision == ("float16" if half_weights_available() else "float32")
+    swapped = [type(module) is HalfWeightLinear for module in server.service.engine.model.modules()]
+    assert any(swapped) == (precision == "float16")
+    if precision == "float16":
+        model = half_rounded(model)
     prompts = ["Hello there", "A much longer prompt, so that the rows of the batch are padded"]
     with ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(lambda p: generate(server, p, max_new_tokens=10, details=True), prompts))
     for prompt, response in zip(prompts, responses, strict=True):
-        inputs = tokenizer(prompt, return_tensors="pt")
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
-        expected = output[0, inputs["input_ids"].shape[1] :].tolist()
+        expected = greedy_tokens(model, tokenizer, prompt, 10)
         assert [token["id"] for token in response["details"]["tokens"]] == expected
+
+
+def test_float32_weights_serve_the_models_own_numbers(tiny_model):
+    from rlrf_hub.models import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
+    with start_server("embedded:tiny", threads=1, max_total_tokens=256, weight_precision="float32") as plain:
+        assert requests.get(plain.url + "/info", timeout=10).json()["weight_precision"] == "float32"
+        assert not any(type(module) is HalfWeightLinear for module in plain.service.engine.model.modules())
+        response = generate(plain, "Hello there", max_new_tokens=10, details=True)
+    expected = greedy_tokens(model, tokenizer, "Hello there", 10)
+    assert [token["id"] for token in response["details"]["tokens"]] == expected
 
 
 def test_generate_extras(server, conforms):

@@ -25,6 +25,7 @@ import torch
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 WeightPrecision = Literal["float16", "float32"]
+WEIGHT_PRECISIONS: tuple[WeightPrecision, ...] = ("float16", "float32")
 
 
 def half_weights_available() -> bool:
@@ -102,3 +103,45 @@ def weight_versions(model) -> tuple[tuple[int, int], ...]:
 def model_projections(model, precision: WeightPrecision) -> ModelProjections:
     layers = [layer_projections(layer, precision) for layer in model.model.layers]
     return ModelProjections(layers, fused([model.lm_head], precision), weight_versions(model))
+
+
+class HalfWeightLinear(torch.nn.Linear):
+    """An `nn.Linear` that, in CPU inference on fp32 inputs, multiplies by a half-precision packed copy of its weight
+    (fbgemm, fp32 arithmetic), rebuilt when the weight is replaced or changed in place; with gradients enabled, or on
+    other devices and dtypes, it is a plain `nn.Linear`.
+
+    It shares the weight and bias `Parameter`s of the module it stands in for, so state dicts, weight tying and
+    parameter counts do not change, and PEFT wraps it like any `nn.Linear` (a LoRA layer adds its own product on
+    top of the base layer's). Used by `rlrf-hub serve`, which runs the model's own forward pass.
+    """
+
+    @classmethod
+    def sharing(cls, linear: torch.nn.Linear) -> HalfWeightLinear:
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        module.weight, module.bias = linear.weight, linear.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
+            return super().forward(x)
+        return torch.ops.quantized.linear_dynamic_fp16(x, self._packed_weight())
+
+    def _packed_weight(self):
+        parameters = (self.weight,) if self.bias is None else (self.weight, self.bias)
+        key = tuple((p.data_ptr(), p._version) for p in parameters)
+        if self.__dict__.get("_packed_key") != key:
+            bias = None if self.bias is None else self.bias.detach().float()
+            self._packed = torch.ops.quantized.linear_prepack_fp16(self.weight.detach().float(), bias)
+            self._packed_key = key
+        return self._packed
+
+
+def use_half_weights(model: torch.nn.Module) -> int:
+    """Put a `HalfWeightLinear` in place of every plain `nn.Linear` of `model`; returns how many were replaced."""
+    if not half_weights_available():
+        raise ValueError("half-precision weights need fbgemm, which this torch build lacks; use 'float32'")
+    targets = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.Linear]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, HalfWeightLinear.sharing(module))
+    return len(targets)

@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for generation (default: torch's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument(
+        "--weight-precision",
+        choices=("float16", "float32"),
+        default=None,
+        help="on the CPU: float16 keeps half-precision copies of the linear weights and computes in fp32 (about "
+        "twice the speed of float32 where fbgemm exists); default: float16 on CPUs with fbgemm, else float32",
+    )
+    parser.add_argument(
         "--payload-limit",
         type=int,
         default=DEFAULT_PAYLOAD_LIMIT,
@@ -75,6 +82,7 @@ def config_from_args(args: argparse.Namespace):
         threads=args.threads,
         device=args.device,
         payload_limit=args.payload_limit,
+        weight_precision=args.weight_precision,
     )
 
 

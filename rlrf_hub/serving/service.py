@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__ as package_version
+from ..backends.projections import WEIGHT_PRECISIONS, WeightPrecision, default_precision, use_half_weights
 from .adapters import AdapterRegistry, parse_adapter_spec, startup_adapter
 from .constraints import compile_grammar, make_constraint
 from .engine import Engine
@@ -38,6 +39,9 @@ class ServeConfig:
 
     `adapters` are the only local folders adapters may be loaded from (requests may add Hub adapters);
     `payload_limit` is the largest request body in bytes (TGI's `--payload-limit`), larger ones get 413.
+    `weight_precision` is how the CPU multiplies by the model's linear weights: "float16" keeps half-precision
+    copies with fp32 arithmetic (`backends.projections.HalfWeightLinear`), "float32" the model's own; None takes
+    "float16" on CPUs with fbgemm and "float32" elsewhere.
     """
 
     model: str
@@ -51,9 +55,12 @@ class ServeConfig:
     threads: int | None = None
     device: str | None = None
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    weight_precision: WeightPrecision | None = None
 
     def __post_init__(self):
         self.adapters = tuple(self.adapters)
+        if self.weight_precision not in (None, *WEIGHT_PRECISIONS):
+            raise ValueError(f"weight_precision must be one of {WEIGHT_PRECISIONS}, got {self.weight_precision!r}")
         if self.payload_limit < 1:
             raise ValueError(f"payload_limit must be positive, got {self.payload_limit}")
         if self.max_batch_size < 1:
@@ -70,6 +77,14 @@ class PreparedJob:
     job: Job
     input_length: int
     model_name: str
+
+
+def resolve_weight_precision(config: ServeConfig, device: str) -> WeightPrecision:
+    if config.weight_precision is None:
+        return default_precision() if device == "cpu" else "float32"
+    if config.weight_precision == "float16" and device != "cpu":
+        raise ValueError(f"weight_precision 'float16' is for CPU serving; the model is on {device}")
+    return config.weight_precision
 
 
 def _token_limits(config: ServeConfig, model) -> tuple[int, int]:
@@ -93,6 +108,9 @@ class TextGenerationService:
         model = load_causal_lm(config.model, revision=config.revision)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
+        self.weight_precision = resolve_weight_precision(config, torch.device(device).type)
+        if self.weight_precision == "float16":
+            use_half_weights(model)
         self.tokenizer = load_tokenizer(config.model, revision=config.revision)
         self.max_input_tokens, self.max_total_tokens = _token_limits(config, model)
         self.engine = Engine(model, self.tokenizer)
@@ -128,6 +146,7 @@ class TextGenerationService:
             "model_pipeline_tag": "text-generation",
             "model_dtype": str(self.engine.model.dtype).removeprefix("torch."),
             "model_device_type": self.engine.device.type,
+            "weight_precision": self.weight_precision,
             "max_concurrent_requests": self.config.max_queue + self.config.max_batch_size,
             "max_best_of": self.config.max_batch_size,
             "max_stop_sequences": MAX_STOP_SEQUENCES,
