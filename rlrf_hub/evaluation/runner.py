@@ -109,8 +109,8 @@ def evaluate_policy(
 
     `model`/`adapter` and their revisions name the policy in the report (default: what the backend says).
     `release_policy` lets go of the policy once it has answered every task's prompts, before any judging: when the
-    caller keeps no reference either, its weights are freed while the judge works (on 2 CPU cores with a 135M
-    policy and judge, `make main` peaked at 3.8 GB with it and 4.6 GB without).
+    caller keeps no reference either, its weights are freed while the judge works (on 2 cores of an AVX2 CPU with a
+    135M policy and judge, `make main` peaked at 3.8 GB with it and 4.6 GB without).
     """
     settings = settings or EvaluationSettings()
     if limit is not None and limit < 1:
