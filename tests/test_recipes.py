@@ -382,7 +382,7 @@ def run_loop(recipe: Path, tmp_path: Path, hub_url: str | None, tasks=("general"
     small = edited_copy(recipe, tmp_path / "recipe", edit)
     output_dir = tmp_path / "run"
     publish = {"hub_endpoint": hub_url, "hub_namespace": NAMESPACE} if hub_url else {"hub_endpoint": "none"}
-    args = flags(**LOOP_SIZES, output_dir=output_dir, **publish, **overrides)
+    args = flags(**{**LOOP_SIZES, "output_dir": output_dir, **publish, **overrides})
     assert main(["run", "--config", str(small), *args, *NO_GPU]) == 0
     return output_dir
 
@@ -558,13 +558,16 @@ def test_cpu_gsm8k_recipe_evaluates_held_out_items_and_reports_paired_difference
     for M0 and M1 (none of them an RL prompt), per-item outcomes on the card, and a report that pairs M1 with M0.
 
     The tiny model never states a right number, so a few general prompts, which its judge does rate 1, are added to
-    give the smoke run a pair to train on."""
+    give the smoke run a pair to train on. Its random judge rates a response 1 about a third of the time, so they get
+    4 candidates each: with 2, the 9 general responses had no positive on one CPU's rounding ((2/3)^9 = 2.6%); with
+    4, the 15 leave that to 0.2%."""
     monkeypatch.chdir(REPO)
     recipe = RECIPES / "smollm2-135m-cpu" / "rlrf-gsm8k.yaml"
     assert {s["task"] for s in yaml.safe_load(recipe.read_text())["prompt_sources"]} == {"math"}
     general = {"path": "../shared/data/prompts/self_instruct_seed_tasks.jsonl", "task": "general"}
     recipe = edited_copy(recipe, tmp_path / "with-general", lambda values: values["prompt_sources"].append(general))
-    output_dir = run_loop(recipe, tmp_path, None, tasks=("math", "general"), eval_limit=4, eval_max_new_tokens=8)
+    overrides = {"eval_limit": 4, "eval_max_new_tokens": 8, "num_candidates": 4}
+    output_dir = run_loop(recipe, tmp_path, None, tasks=("math", "general"), **overrides)
 
     from rlrf_hub.lineage import model_cost
     from rlrf_hub.publishing.results import read_folder_results
