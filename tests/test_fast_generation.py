@@ -215,6 +215,34 @@ def test_rows_stop_at_their_eos_and_others_go_on(backend):
     assert stopped[1] == expected_second
 
 
+def test_finished_rows_leave_the_cache_and_the_others_decode_unchanged(backend):
+    prompts = prompts_for(backend, ["one", "two", "three and a few more words", "four"])
+    decoder = PackedDecoder(backend.model)
+    free = generate_tokens(decoder, prompts, 10, greedy, eos=set())
+    ends = {0: 2, 2: 4, 3: 4}  # row -> the step at which it draws EOS
+    end_token, asked, cache_rows = -1, [], []
+
+    def choose(logits, rows):
+        asked.append(list(rows))
+        drawn = zip(rows, greedy(logits, rows), strict=True)
+        return [end_token if ends.get(row) == len(asked) - 1 else token for row, token in drawn]
+
+    decode_step = decoder.step
+
+    def step(cache, tokens, rows):
+        cache_rows.append(len(cache.lengths))
+        return decode_step(cache, tokens, rows)
+
+    decoder.step = step
+    ended = generate_tokens(decoder, prompts, 10, choose, eos={end_token})
+    assert ended[1] == free[1]
+    for row, at in ends.items():
+        assert ended[row] == [*free[row][:at], end_token]
+    # Three rows going keep all four cache rows; one row going keeps one, and `choose` still sees its prompt index.
+    assert cache_rows == [4, 4, 4, 4, 1, 1, 1, 1, 1]
+    assert asked[5:] == [[1]] * 5
+
+
 RATING_SCHEMA = {
     "type": "object",
     "properties": {"rating": {"enum": [-1, 0, 1]}, "critique": {"type": "string", "maxLength": 40}},

@@ -8,8 +8,9 @@ ended keep going through every layer. Here:
   (the chat template's system prompt, a judge's rubric and question before the answers it rates, the passages
   of one entity before each fact) are computed once, and a prompt sampled `n` times is computed once;
 - each row's keys and values go to a preallocated cache `[rows, kv_heads, capacity, head_dim]`, written in place;
-- only rows still generating go through the projections, the MLP and the LM head (attention, which is cheap at
-  these lengths, runs over all rows so the cache is never gathered or compacted).
+- only rows still generating go through the projections, the MLP and the LM head; attention runs over every cache
+  row, so once half the rows or more have ended the cache is compacted to the rows still going (a step's attention
+  reads every row's keys and values and, on 2 cores, is bound by that reading).
 
 The arithmetic follows the model's own modules (embedding, norms, rotary embedding) in the model's order. The
 projections and the LM head run through `projections`: fused, and by default with half-precision copies of the
@@ -58,6 +59,13 @@ class Cache:
     keys: list[torch.Tensor]  # per layer: [rows, kv_heads, capacity, head_dim]
     values: list[torch.Tensor]
     lengths: torch.Tensor  # [rows]: filled positions per row
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep only the rows at `slots`, in that order, layer by layer (so at most one layer is held twice)."""
+        for layer in range(len(self.keys)):
+            self.keys[layer] = self.keys[layer].index_select(0, slots)
+            self.values[layer] = self.values[layer].index_select(0, slots)
+        self.lengths = self.lengths.index_select(0, slots)
 
 
 @dataclass
@@ -238,19 +246,28 @@ Chooser = Callable[[torch.Tensor, list[int]], list[int]]
 def generate_tokens(
     decoder: PackedDecoder, prompts: list[list[int]], max_new_tokens: int, choose: Chooser, eos: set[int]
 ) -> list[list[int]]:
-    """Each prompt's new tokens (up to and including its EOS); `choose(logits, rows)` picks the rows' next tokens."""
+    """Each prompt's new tokens (up to and including its EOS); `choose(logits, rows)` picks the rows' next tokens
+    (`rows` are indices into `prompts`).
+
+    Decode attention reads every cache row at every step, finished ones included, so once half the rows or more
+    have ended the cache keeps only the rows still going (`slots` maps each of them to its cache row).
+    """
     capacity = max(len(ids) for ids in prompts) + max_new_tokens
     with torch.inference_mode():
         cache, logits = decoder.prefill(prompts, capacity)
         active = list(range(len(prompts)))
+        slots = list(active)
         generated: list[list[int]] = [[] for _ in prompts]
         for step in range(max_new_tokens):
             chosen = choose(logits, active)
             for row, token in zip(active, chosen, strict=True):
                 generated[row].append(token)
             keep = [i for i, token in enumerate(chosen) if token not in eos]
-            active = [active[i] for i in keep]
+            active, slots = [active[i] for i in keep], [slots[i] for i in keep]
             if not active or step == max_new_tokens - 1:
                 break
-            logits = decoder.step(cache, torch.tensor([chosen[i] for i in keep]), torch.tensor(active))
+            if 2 * len(slots) <= len(cache.lengths):
+                cache.keep(torch.tensor(slots))
+                slots = list(range(len(slots)))
+            logits = decoder.step(cache, torch.tensor([chosen[i] for i in keep]), torch.tensor(slots))
     return generated
