@@ -32,8 +32,8 @@ from .projections import (
     ModelProjections,
     WeightPrecision,
     default_precision,
-    half_weights_available,
     model_projections,
+    require_half_weights,
     weight_versions,
 )
 
@@ -114,8 +114,8 @@ class PackedDecoder:
         self.model = model
         self.base = model.model
         self.precision = precision or default_precision()
-        if self.precision == "float16" and not half_weights_available():
-            raise ValueError("precision='float16' needs fbgemm, which this torch build lacks; use 'float32'")
+        if self.precision == "float16":
+            require_half_weights()
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads

@@ -36,6 +36,11 @@ def half_weights_available() -> bool:
     )
 
 
+def require_half_weights() -> None:
+    if not half_weights_available():
+        raise ValueError("half-precision weights need fbgemm, which this torch build lacks; use 'float32'")
+
+
 def default_precision() -> WeightPrecision:
     return "float16" if half_weights_available() else "float32"
 
@@ -96,9 +101,13 @@ class ModelProjections:
     versions: tuple[tuple[int, int], ...]
 
 
-def weight_versions(model) -> tuple[tuple[int, int], ...]:
+def parameter_versions(parameters) -> tuple[tuple[int, int], ...]:
     """Where each parameter lives and how often it was changed in place; a training step or a load changes it."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    return tuple((p.data_ptr(), p._version) for p in parameters)
+
+
+def weight_versions(model) -> tuple[tuple[int, int], ...]:
+    return parameter_versions(model.parameters())
 
 
 def model_projections(model, precision: WeightPrecision) -> ModelProjections:
@@ -128,8 +137,7 @@ class HalfWeightLinear(torch.nn.Linear):
         return torch.ops.quantized.linear_dynamic_fp16(x, self._packed_weight())
 
     def _packed_weight(self):
-        parameters = (self.weight,) if self.bias is None else (self.weight, self.bias)
-        key = tuple((p.data_ptr(), p._version) for p in parameters)
+        key = parameter_versions(self.parameters())
         if self.__dict__.get("_packed_key") != key:
             bias = None if self.bias is None else self.bias.detach().float()
             self._packed = torch.ops.quantized.linear_prepack_fp16(self.weight.detach().float(), bias)
@@ -139,8 +147,7 @@ class HalfWeightLinear(torch.nn.Linear):
 
 def use_half_weights(model: torch.nn.Module) -> int:
     """Put a `HalfWeightLinear` in place of every plain `nn.Linear` of `model`; returns how many were replaced."""
-    if not half_weights_available():
-        raise ValueError("half-precision weights need fbgemm, which this torch build lacks; use 'float32'")
+    require_half_weights()
     targets = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.Linear]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
